@@ -1,0 +1,56 @@
+"""Shared fixtures: a scratch working directory, study files, and the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+MODELS = Path(__file__).parent / "models"
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write_study(directory: Path, name: str = "s", *, model: str | None = None, **fields: object) -> Path:
+    """Write a study file using tests/models/tiny.py unless another model is given."""
+    import yaml
+
+    spec = {
+        "name": name,
+        "model": model or f"{MODELS / 'tiny.py'}:build_model",
+        "data": {"source": "sklearn:digits"},
+        "objective": "val_accuracy",
+        "tuner": "random",
+        "budget": {"max_trials": 2, "max_epochs": 2},
+        "fit": {"batch_size": 64},
+        "seed": 1,
+    }
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real `tuner-service` command."""
+    return subprocess.run(
+        [sys.executable, "-m", "tuner_service", *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**ENV, **(env or {})},
+    )
+
+
+def dedent(text: str) -> str:
+    return textwrap.dedent(text).lstrip()

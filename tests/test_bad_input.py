@@ -1,0 +1,82 @@
+"""The bad-input matrix: one line naming the bad value and the fix, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import MODELS, cli, write_study
+
+TINY = MODELS / "tiny.py"
+PASSWORD = "s3cr3t-Pa55"
+
+# (id, study fields or a raw file body, extra CLI args, text the message must contain)
+CASES = [
+    ("missing-file", None, [], "not found"),
+    ("yaml-syntax", "name: [unclosed\n", [], "not valid YAML at line"),
+    ("not-a-mapping", "- a\n- b\n", [], "must be a mapping"),
+    ("unknown-field", {"colour": "red"}, [], "unknown field 'colour'"),
+    ("unknown-nested-field", {"fit": {"epoch": 3}}, [], "unknown field 'epoch'"),
+    ("unknown-tuner", {"tuner": "genetic"}, [], "valid tuners: bayesian"),
+    ("unknown-tuner-flag", {}, ["--tuner", "annealing"], "unknown tuner 'annealing'"),
+    ("unknown-tuner-option", {"tuner": {"name": "hyperband", "factr": 3}}, [], "valid options: factor"),
+    ("bad-tuner-option-type", {"tuner": {"name": "hyperband", "factor": "x"}}, [], "factor"),
+    ("negative-budget", {"budget": {"max_trials": -1}}, [], "budget.max_trials"),
+    ("negative-budget-flag", {}, ["--max-trials", "-5"], "budget.max_trials"),
+    ("zero-epochs", {"fit": {"epochs": 0}}, [], "fit.epochs"),
+    ("epochs-over-max", {"fit": {"epochs": 5}, "budget": {"max_epochs": 2}}, [], "exceeds budget.max_epochs"),
+    ("bad-name", {"name": "has space"}, [], "is not valid"),
+    ("objective-direction-unknown", {"objective": "val_frobnication"}, [], "direction: maximize|minimize"),
+    ("bad-direction", {"objective": {"name": "val_loss", "direction": "up"}}, [], "objective.direction"),
+    ("bad-validation-split", {"data": {"source": "sklearn:digits", "validation_split": 1.5}}, [], "validation_split"),
+    ("data-scheme", {"data": {"source": "s3://bucket/x"}}, [], "is not understood"),
+    ("sklearn-dataset", {"data": {"source": "sklearn:imagenet"}}, [], "use one of: digits"),
+    ("npz-missing", {"data": {"source": "npz:nope.npz"}}, [], "npz file 'nope.npz' not found"),
+    ("model-file-missing", {"model": "nope.py:build_model"}, [], "model file 'nope.py' not found"),
+    ("model-attr-missing", {"model": f"{TINY}:build_modle"}, [], "not found: tiny.py defines"),
+    ("model-ref-no-attr", {"model": "just_a_name"}, [], "has no attribute"),
+    ("set-without-equals", {}, ["--set", "fit.batch_size"], "is not KEY=VALUE"),
+    ("storage-dir-missing", {}, ["--storage", "sqlite:///no/such/dir/t.db"], "does not exist"),
+    ("storage-scheme", {}, ["--storage", "redis://localhost/0"], "not supported"),
+    ("storage-unreachable", {}, ["--storage", f"postgresql+psycopg://bob:{PASSWORD}@127.0.0.1:9/db"], "cannot open storage"),
+    ("resume-missing", {}, ["--resume"], "there is no study"),
+    ("not-compiled", {"model": f"{TINY}:not_compiled"}, [], "not compiled"),
+    ("returns-wrong-type", {"model": f"{TINY}:returns_string"}, [], "returned str"),
+    ("metric-not-produced", {"model": f"{TINY}:no_accuracy"}, [], "objective 'val_accuracy' is not logged"),
+    ("wrong-output-shape", {"model": f"{TINY}:wrong_output_shape"}, [], "fit raised"),
+    ("builder-raises", {"model": f"{TINY}:raises"}, [], "boom in build"),
+]
+
+
+@pytest.mark.parametrize("case, fields, args, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(workdir, case, fields, args, expected):
+    if fields is None:
+        study_file = workdir / "missing.yaml"
+    elif isinstance(fields, str):
+        study_file = workdir / "raw.yaml"
+        study_file.write_text(fields)
+    else:
+        study_file = write_study(workdir, **fields) if "name" not in fields else write_study(workdir, **fields)
+    storage = [] if "--storage" in args else ["--storage", "sqlite:///t.db"]
+    out = cli("submit", study_file, *storage, *args, cwd=workdir)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert len(lines) == 1, out.stderr
+    assert expected in lines[0], lines[0]
+    assert PASSWORD not in out.stdout + out.stderr
+    assert list(workdir.glob("*.db*")) == [], "bad input must not write a database"
+
+
+def test_study_name_taken_says_how_to_resume(workdir):
+    study_file = write_study(workdir, "taken", budget={"max_trials": 1, "max_epochs": 1})
+    first = cli("submit", study_file, "--storage", "sqlite:///t.db", cwd=workdir)
+    assert first.returncode == 0, first.stderr
+    before = (workdir / "t.db").stat().st_size
+    again = cli("submit", study_file, "--storage", "sqlite:///t.db", cwd=workdir)
+    assert again.returncode == 2
+    assert "already exists" in again.stderr and "--resume" in again.stderr
+    assert len([line for line in again.stderr.splitlines() if line.strip()]) == 1
+    import optuna
+
+    study = optuna.load_study(study_name="taken", storage="sqlite:///t.db")
+    assert len(study.trials) == 1
+    assert (workdir / "t.db").stat().st_size == before

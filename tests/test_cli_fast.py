@@ -1,0 +1,34 @@
+"""The CLI answers fast and never imports TensorFlow (or Optuna) just to print help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ENV
+
+SUBCOMMANDS = ["submit", "worker", "ls", "status", "best", "trials", "retrain", "dashboard", "report", "agent"]
+
+
+def test_cli_module_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, tuner_service.cli as c; "
+        "heavy = [m for m in ('tensorflow', 'keras', 'optuna', 'sklearn', 'keras_tuner') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("sub", [None, *SUBCOMMANDS])
+def test_help_is_fast(sub: str | None) -> None:
+    args = [sys.executable, "-m", "tuner_service"] + ([sub] if sub else []) + ["--help"]
+    t0 = time.perf_counter()
+    out = subprocess.run(args, capture_output=True, text=True, env=ENV)
+    elapsed = time.perf_counter() - t0
+    assert out.returncode == 0, out.stderr
+    assert "Usage" in out.stdout
+    assert elapsed < 1.5, f"`{' '.join(args[2:])}` took {elapsed:.2f}s"

@@ -1,0 +1,124 @@
+"""End to end: every tuner runs a study on digits with 2 workers, results land in SQLite."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import MODELS, cli, write_study
+
+
+def _load(db, name):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+
+
+@pytest.mark.parametrize(
+    "tuner, trials, epochs, quality",
+    [
+        ("random", 4, 3, None),
+        ("tpe", 20, 6, 0.95),
+        ("bayesian", 20, 6, 0.95),
+    ],
+)
+def test_tuner_two_workers(workdir, tuner, trials, epochs, quality):
+    model = f"{MODELS.parent.parent / 'studies' / 'digits_model.py'}:build_model" if quality else None
+    study_file = write_study(workdir, tuner, model=model, tuner=tuner, budget={"max_trials": trials, "max_epochs": epochs},
+                             fit={"batch_size": 32})
+    out = cli("submit", study_file, "--workers", "2", "--storage", "sqlite:///t.db", cwd=workdir, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "best trial" in out.stdout
+    study = _load(workdir / "t.db", tuner)
+    states = [t.state for t in study.trials]
+    # The budget is exact across workers: never more, nothing left behind.
+    assert len(study.trials) == trials
+    assert states.count(TrialState.COMPLETE) == trials
+    numbers = [t.number for t in study.trials]
+    assert len(set(numbers)) == len(numbers)
+    pids = {t.user_attrs["pid"] for t in study.trials}
+    assert len(pids) == 2, "both worker processes ran trials"
+    for t in study.trials:
+        assert len(t.intermediate_values) == t.user_attrs["epochs_run"] >= 1
+        assert t.user_attrs["best_epoch"] in t.intermediate_values
+        assert t.value == pytest.approx(max(t.intermediate_values.values()))
+        for key in ("param_count", "model_summary", "fit_seconds", "host", "device", "keras_backend", "history"):
+            assert key in t.user_attrs, key
+    if quality:
+        assert study.best_value >= quality, f"{tuner}: best val_accuracy {study.best_value:.4f} < {quality}"
+
+
+def test_hyperband_prunes(workdir):
+    study_file = write_study(workdir, "hb", tuner={"name": "hyperband", "factor": 3},
+                             budget={"max_trials": None, "max_epochs": 9})
+    out = cli("submit", study_file, "--workers", "2", "--storage", "sqlite:///t.db", cwd=workdir, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    study = _load(workdir / "t.db", "hb")
+    # keras-tuner's trial count for one Hyperband iteration with max_epochs=9, factor=3: 3 + 5 + 9.
+    assert len(study.trials) == 17
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned, "hyperband pruned nothing"
+    assert all(len(t.intermediate_values) < 9 for t in pruned)
+    assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+
+
+def test_hypermodel_tuning_fit_and_queries(workdir):
+    study_file = write_study(workdir, "hm", model=f"{MODELS / 'tiny.py'}:TunedFit", budget={"max_trials": 4})
+    db = "sqlite:///t.db"
+    out = cli("submit", study_file, "--storage", db, cwd=workdir)
+    assert out.returncode == 0, out.stdout + out.stderr
+    study = _load(workdir / "t.db", "hm")
+    assert all({"normalize", "shuffle", "num_layers"} <= set(t.params) for t in study.trials)
+    # Conditional space: units_i exists exactly for i < num_layers.
+    for t in study.trials:
+        assert {k for k in t.params if k.startswith("units_")} == {f"units_{i}" for i in range(t.params["num_layers"])}
+
+    best = json.loads(cli("best", "hm", "--storage", db, "--format", "json", cwd=workdir).stdout)
+    assert best["number"] == study.best_trial.number
+    assert best["value"] == pytest.approx(study.best_value)
+    assert best["params"] == study.best_params
+    assert best["best_epoch"] == study.best_trial.user_attrs["best_epoch"]
+
+    rows = json.loads(cli("trials", "hm", "--storage", db, "--format", "json", "--top", "2", cwd=workdir).stdout)
+    assert [r["number"] for r in rows] == [t.number for t in sorted(study.trials, key=lambda t: (-t.value, t.number))[:2]]
+    csv_out = cli("trials", "hm", "--storage", db, "--format", "csv", cwd=workdir).stdout.splitlines()
+    assert csv_out[0].startswith("number,state,value") and len(csv_out) == 5
+    listing = json.loads(cli("ls", "--storage", db, "--format", "json", cwd=workdir).stdout)
+    assert listing[0]["name"] == "hm" and listing[0]["complete"] == 4
+    status = json.loads(cli("status", "hm", "--storage", db, "--format", "json", cwd=workdir).stdout)[0]
+    assert status["state"] == "done" and status["best_trial"] == study.best_trial.number
+
+    # Optuna's own CLI and SQL read the same tables: no private format.
+    optuna_cli = subprocess.run([sys.executable, "-m", "optuna", "best-trial", "--study-name", "hm", "--storage", db,
+                                 "-f", "json"], cwd=workdir, capture_output=True, text=True)
+    assert optuna_cli.returncode == 0, optuna_cli.stderr
+    assert json.loads(optuna_cli.stdout)["number"] == study.best_trial.number
+    with sqlite3.connect(workdir / "t.db") as con:
+        n = con.execute("select count(*) from trials where state='COMPLETE'").fetchone()[0]
+    assert n == 4
+
+
+def test_failing_trials_are_recorded_and_the_worker_goes_on(workdir):
+    study_file = write_study(workdir, "nan", model=f"{MODELS / 'tiny.py'}:nan_sometimes", objective="val_loss",
+                             tuner="random", budget={"max_trials": 6}, seed=3)
+    out = cli("submit", study_file, "--storage", "sqlite:///t.db", cwd=workdir,
+              env={"TUNER_SERVICE_MAX_CONSECUTIVE_FAILURES": "10"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    study = _load(workdir / "t.db", "nan")
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(study.trials) == 6 and failed and complete
+    assert all(t.params["lr"] == 1e12 for t in failed)
+    assert all("nan" in t.user_attrs["fail_reason"] or "inf" in t.user_attrs["fail_reason"] for t in failed)
+    assert all(t.params["lr"] == 1e-2 for t in complete)
+
+
+def test_builder_that_always_raises_is_rejected_before_writing(workdir):
+    study_file = write_study(workdir, "boom", model=f"{MODELS / 'tiny.py'}:raises", budget={"max_trials": 10})
+    out = cli("submit", study_file, "--storage", "sqlite:///t.db", cwd=workdir)
+    assert out.returncode == 2 and "boom in build" in out.stderr
+    assert not (workdir / "t.db").exists()

@@ -1,0 +1,297 @@
+"""``tuner-service``: submit studies, run workers, query results.
+
+Every heavy import (Optuna, Keras/TensorFlow) happens inside the command that needs it, so
+``--help`` answers at once. Every error a user can cause is printed as one line and exits
+with code 2 (3 for an aborted study); passwords in storage URLs are masked everywhere.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from tuner_service.errors import TunerServiceError
+
+app = typer.Typer(
+    name="tuner-service",
+    help="Hyperparameter search for Keras models on Optuna storage.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+StorageOpt = typer.Option(None, "--storage", help="Storage URL (default $TUNER_SERVICE_STORAGE or sqlite:///tuner.db).")
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+FormatOpt = typer.Option(Format.table, "--format", "-f", help="Output format.")
+
+
+def _fail(exc: BaseException) -> None:
+    from tuner_service.storage import mask_password
+
+    err_console.print(f"[bold red]error:[/] {mask_password(str(exc))}", markup=True, soft_wrap=True)
+    raise typer.Exit(getattr(exc, "exit_code", 2))
+
+
+def _guard(fn: Any) -> Any:
+    """Turn our errors into one line + exit code; leave real bugs their traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TunerServiceError as exc:
+            _fail(exc)
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------- submit
+
+
+@app.command()
+@_guard
+def submit(
+    study_file: Path = typer.Argument(..., help="YAML study file (see studies/)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Study name (overrides name:)."),
+    tuner: Optional[str] = typer.Option(None, "--tuner", help="random | tpe | hyperband | bayesian | grid."),
+    max_trials: Optional[int] = typer.Option(None, "--max-trials", help="Trial budget."),
+    max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Most epochs one trial trains."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per trial (fit.epochs)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting trials after this many seconds."),
+    set_: list[str] = typer.Option([], "--set", help="Override any spec field: --set fit.batch_size=64."),
+    storage: Optional[str] = StorageOpt,
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Local worker processes."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Only register the study; run workers separately."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an existing study of this name."),
+    replace: bool = typer.Option(False, "--replace", help="Delete an existing study of this name first."),
+) -> None:
+    """Validate a study file, register the study and run it with local workers."""
+    from tuner_service import service
+    from tuner_service.spec import FLAG_FIELDS, load_spec, parse_set_option
+
+    flags = {"name": name, "tuner": tuner, "max_trials": max_trials, "max_epochs": max_epochs,
+             "epochs": epochs, "batch_size": batch_size, "seed": seed, "timeout": timeout}
+    overrides = {FLAG_FIELDS[k]: v for k, v in flags.items()}
+    overrides.update(dict(parse_set_option(s) for s in set_))
+    if resume and replace:
+        raise typer.BadParameter("--resume and --replace exclude each other; pick one")
+    spec = load_spec(study_file, overrides)
+    service.submit(spec, storage, workers=workers, wait=not no_wait, resume=resume, replace=replace,
+                   console=console)
+
+
+@app.command()
+@_guard
+def worker(
+    study: str = typer.Argument(..., help="Study name."),
+    storage: Optional[str] = StorageOpt,
+    threads: Optional[int] = typer.Option(None, "--threads", help="TensorFlow threads for this worker."),
+) -> None:
+    """Run trials of a registered study until its budget is spent (any machine can run one)."""
+    from tuner_service.worker import Worker, WorkerOptions
+
+    w = Worker(study, storage, WorkerOptions(threads=threads))
+    w.install_signal_handlers()
+    n = w.run(on_trial_done=lambda state: console.print(f"trial finished: {state}"))
+    console.print(f"worker done: ran {n} trial(s) of {study!r}")
+
+
+# ---------------------------------------------------------------------------- queries
+
+
+def _emit(rows: list[dict[str, Any]], fmt: Format, columns: list[str] | None = None, title: str | None = None) -> None:
+    if fmt is Format.json:
+        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+        return
+    columns = columns or (list(rows[0]) if rows else [])
+    if fmt is Format.csv:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
+        sys.stdout.write(buf.getvalue())
+        return
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*[_cell(r.get(c)) for c in columns])
+    console.print(table)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_cell(x)}" for k, x in v.items())
+    return str(v)
+
+
+@app.command("ls")
+@_guard
+def ls(storage: Optional[str] = StorageOpt, format: Format = FormatOpt) -> None:
+    """List the studies in the storage."""
+    from tuner_service import service
+
+    _emit(service.list_studies(storage), format,
+          ["name", "tuner", "direction", "complete", "pruned", "failed", "running", "waiting", "best_value"])
+
+
+@app.command()
+@_guard
+def status(study: str, storage: Optional[str] = StorageOpt, format: Format = FormatOpt) -> None:
+    """Progress, best trial and retrained model of one study."""
+    from tuner_service import service
+
+    info = service.status(study, storage)
+    if format is not Format.table:
+        _emit([info], format)
+        return
+    for k, v in info.items():
+        console.print(f"[bold]{k}[/]: {_cell(v)}")
+
+
+@app.command()
+@_guard
+def best(study: str, storage: Optional[str] = StorageOpt, format: Format = FormatOpt) -> None:
+    """The best trial: value, parameters, trial number, best epoch."""
+    from tuner_service import service
+
+    row = service.best(study, storage)
+    if format is Format.json:
+        sys.stdout.write(json.dumps(row, indent=2, default=str) + "\n")
+        return
+    if format is Format.csv:
+        _emit([{**{k: v for k, v in row.items() if k != "params"}, **row["params"]}], format)
+        return
+    console.print(f"[bold]best trial #{row['number']}[/] of {study!r}: {row['objective']} = {row['value']:.6g}"
+                  + (f" (epoch {row['best_epoch']})" if row.get("best_epoch") else ""))
+    _emit([{"parameter": k, "value": v} for k, v in row["params"].items()], Format.table)
+
+
+@app.command()
+@_guard
+def trials(
+    study: str,
+    storage: Optional[str] = StorageOpt,
+    top: Optional[int] = typer.Option(None, "--top", help="Only the K best completed trials."),
+    format: Format = FormatOpt,
+) -> None:
+    """Every trial of a study (or the --top K best)."""
+    from tuner_service import service
+
+    rows = service.trials(study, storage, top=top)
+    params = sorted({p for r in rows for p in r["params"]})
+    flat = [{**{k: v for k, v in r.items() if k != "params"}, **{f"param_{p}": r["params"].get(p) for p in params}}
+            for r in rows]
+    if format is Format.json:
+        _emit(rows, format)
+    else:
+        cols = ["number", "state", "value", "best_epoch", "duration_s"] + [f"param_{p}" for p in params]
+        if format is Format.csv:
+            cols += ["epochs_run", "param_count", "host", "pid", "fail_reason"]
+        _emit(flat, format, cols)
+
+
+# ---------------------------------------------------------------------------- after the search
+
+
+@app.command()
+@_guard
+def retrain(
+    study: str = typer.Argument(..., help="Study name."),
+    storage: Optional[str] = StorageOpt,
+    trial: Optional[int] = typer.Option(None, "--trial", help="Trial number (default: the best trial)."),
+    epochs: str = typer.Option("auto", "--epochs", help="'auto' (the trial's best epoch, scaled) or a number."),
+    output: Path = typer.Option(Path("models"), "--output", help="Directory for model.keras and metrics.json."),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="Train K seeds; report mean and spread."),
+    on_agent: bool = typer.Option(False, "--on-agent", help="Run in a worker/agent slot instead of here."),
+) -> None:
+    """Train the best configuration on train + validation, evaluate on test, keep the model."""
+    from tuner_service.retrain import retrain_cli
+
+    retrain_cli(study, storage, trial=trial, epochs=epochs, output=output, seeds=seeds, on_agent=on_agent,
+                console=console)
+
+
+@app.command()
+@_guard
+def dashboard(
+    storage: Optional[str] = StorageOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Bind address (the dashboard has no authentication)."),
+    port: int = typer.Option(8080, "--port"),
+    artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="Artifact directory (learning-curve images, models)."),
+) -> None:
+    """Open optuna-dashboard on the service's storage."""
+    from tuner_service.dashboard import serve
+
+    serve(storage, host=host, port=port, artifacts=artifacts, console=console)
+
+
+@app.command()
+@_guard
+def report(
+    study: str = typer.Argument(..., help="Study name."),
+    output: Path = typer.Option(Path("report.html"), "--output", "-o"),
+    storage: Optional[str] = StorageOpt,
+) -> None:
+    """Write a self-contained HTML report (plots embedded, opens offline)."""
+    from tuner_service.report import write_report
+
+    path = write_report(study, storage, output)
+    console.print(f"report written to {path}")
+
+
+@app.command()
+@_guard
+def agent(
+    storage: Optional[str] = StorageOpt,
+    gpus: str = typer.Option("all", "--gpus", help="'all', 'none' or a list like 0,1."),
+    trials_per_gpu: int = typer.Option(1, "--trials-per-gpu", min=1, help="Runner slots per GPU."),
+    slots: Optional[int] = typer.Option(None, "--slots", min=1, help="CPU slots with --gpus none (default: 1)."),
+    studies: list[str] = typer.Option([], "--studies", help="Only these studies (repeat the flag)."),
+    max_trials_per_runner: int = typer.Option(50, "--recycle-after", min=1, help="Restart a runner after N trials."),
+    memory_limit_mb: Optional[int] = typer.Option(None, "--runner-memory-mb", help="Restart a runner above this RSS."),
+    once: bool = typer.Option(False, "--once", help="Exit when no study has budget left (default: keep waiting)."),
+) -> None:
+    """Keep this machine's GPUs busy with trials from every study that has budget left."""
+    from tuner_service.agent import run_agent
+
+    run_agent(storage, gpus=gpus, trials_per_gpu=trials_per_gpu, slots=slots, studies=studies,
+              max_trials_per_runner=max_trials_per_runner, memory_limit_mb=memory_limit_mb, once=once,
+              console=console)
+
+
+def main() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Re-queueing trials that did not finish: stale heartbeats, hand-backs on shutdown.
+
+A re-queued trial is a new WAITING trial with the same parameters (and distributions), so
+the next worker that claims it runs the same point. The failed original keeps its record
+(state FAIL, ``user_attrs["fail_reason"]``); the retry carries Optuna's own
+``failed_trial``/``retry_history`` system attrs, so
+``optuna.storages.RetryFailedTrialCallback.retried_trial_number`` works on our trials too.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+MAX_RETRIES = 3
+
+#: System attrs that must not be carried to the retry (they describe the failed run).
+_RUN_ONLY_SYSTEM_ATTRS = ("checkpoint_epoch",)
+
+
+class RequeueStaleTrial:
+    """Heartbeat-stale callback: re-enqueue the failed trial's parameters (at most N times).
+
+    Unlike Optuna's ``RetryHeartbeatStaleTrialCallback`` it does not copy the failed run's
+    user attrs (pid, host, traceback), which describe that run, not the retry.
+    """
+
+    def __init__(self, max_retry: int = MAX_RETRIES, reason: str = "heartbeat stale") -> None:
+        self.max_retry = max_retry
+        self.reason = reason
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        requeue(study, trial, reason=self.reason, max_retry=self.max_retry)
+
+
+def requeue(
+    study: optuna.Study, trial: FrozenTrial, *, reason: str, max_retry: int = MAX_RETRIES
+) -> bool:
+    """Record why ``trial`` failed and enqueue a retry; False when retries are used up."""
+    import optuna
+
+    storage = study._storage
+    storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if len(history) > max_retry:
+        storage.set_trial_user_attr(
+            trial._trial_id, "fail_reason", f"{reason}; gave up after {max_retry} retries"
+        )
+        return False
+    system_attrs: dict[str, Any] = {
+        k: v for k, v in trial.system_attrs.items() if k not in _RUN_ONLY_SYSTEM_ATTRS
+    }
+    system_attrs["failed_trial"] = history[0]
+    system_attrs["retry_history"] = history
+    # Keep the per-trial checkpoint directory so a retry resumes where the failed run stopped.
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k in ("checkpoint_dir",)}
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            system_attrs=system_attrs,
+            user_attrs=user_attrs,
+        )
+    )
+    return True

@@ -1,0 +1,339 @@
+"""The Keras side of a trial: the only module that imports Keras (and so TensorFlow).
+
+``TrialRunner`` is created once per worker process (imports, user code and data are paid
+once) and runs many trials: build the model from ``hp``, fit it with the spec's fit arguments
+(through the user's ``HyperModel.fit`` when there is one), report the objective to Optuna
+after every epoch (learning curves, Hyperband pruning), and return the outcome. The trial's
+value is the best epoch's objective, as keras-tuner does, with ``best_epoch`` recorded.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+# Before TensorFlow is imported: quiet C++ logs, and no oneDNN reordering, so results are
+# reproducible op for op (set TF_ENABLE_ONEDNN_OPTS=1 to trade that for CPU speed).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+from tuner_service.errors import BadInput, TrialError  # noqa: E402
+
+if TYPE_CHECKING:
+    import optuna
+
+    from tuner_service.data import Dataset
+    from tuner_service.spec import StudySpec
+
+
+def configure_threads(threads: int | None) -> None:
+    """Limit TensorFlow's thread pools so N workers on N cores do not oversubscribe."""
+    if threads:
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
+        os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(max(1, threads)))
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def import_user_object(ref: str) -> Any:
+    """Import ``path/to/file.py:name`` or ``package.module:name``."""
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from tuner_service.spec import split_model_ref
+
+    target, attr = split_model_ref(ref)
+    if target.endswith(".py"):
+        path = Path(target).resolve()
+        mod_name = f"_tuner_user_{path.stem}_{abs(hash(str(path))) % 10**8}"
+        module = sys.modules.get(mod_name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            if spec is None or spec.loader is None:
+                raise BadInput(f"cannot import model file {target!r}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = module
+            # The user's file may import siblings (from my_layers import ...).
+            sys.path.insert(0, str(path.parent))
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:
+                del sys.modules[mod_name]
+                raise BadInput(f"importing {target!r} failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        module = importlib.import_module(target)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise BadInput(f"model reference {ref!r} not found: {target} has no {attr!r}") from None
+
+
+class _FunctionHyperModel:
+    """Adapts ``build_model(hp)`` to the HyperModel interface."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def build(self, hp: Any) -> Any:
+        return self.fn(hp)
+
+    def fit(self, hp: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
+        return model.fit(*args, **kwargs)
+
+
+def as_hypermodel(obj: Any) -> Any:
+    """A function, a HyperModel subclass or a HyperModel instance -> an object with build/fit."""
+    import inspect
+
+    if inspect.isclass(obj):
+        try:
+            obj = obj()
+        except TypeError as exc:
+            raise BadInput(f"cannot instantiate {obj.__name__}() without arguments ({exc}); "
+                           "reference an instance or a factory function instead") from None
+    if hasattr(obj, "build") and callable(obj.build):
+        if not hasattr(obj, "fit"):
+            obj.fit = lambda hp, model, *a, **kw: model.fit(*a, **kw)
+        return obj
+    if callable(obj):
+        return _FunctionHyperModel(obj)
+    raise BadInput(f"model reference points at a {type(obj).__name__}; it must be build_model(hp) or a HyperModel")
+
+
+@dataclass
+class Outcome:
+    """What a finished trial reports: value (None when pruned) and attrs to store."""
+
+    value: float | None
+    pruned: bool
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+class TrialInterrupted(BaseException):
+    """Raised into a running fit when the worker is asked to stop (SIGTERM/SIGINT)."""
+
+
+def _make_reporter(keras: Any) -> Any:
+    class EpochReporter(keras.callbacks.Callback):
+        """Reports the objective after every epoch and stops training when pruned."""
+
+        def __init__(self, trial: optuna.Trial | None, objective: str, maximize: bool, prune: bool) -> None:
+            super().__init__()
+            self.trial, self.objective, self.maximize, self.prune = trial, objective, maximize, prune
+            self.history: dict[str, list[float]] = {}
+            self.best: float | None = None
+            self.best_epoch: int | None = None
+            self.pruned = False
+            self.epochs_run = 0
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            logs = logs or {}
+            for k, v in logs.items():
+                self.history.setdefault(k, []).append(round(float(v), 6))
+            if self.objective not in logs:
+                raise TrialError(
+                    f"objective {self.objective!r} is not logged by the model (it logs "
+                    f"{', '.join(sorted(logs)) or 'nothing'}); set objective: to one of these "
+                    "or add the metric to compile(metrics=[...])"
+                )
+            value = float(logs[self.objective])
+            step = epoch + 1  # epochs completed: Hyperband's resource
+            self.epochs_run = step
+            if not math.isfinite(value):
+                raise TrialError(f"objective {self.objective} is {value} at epoch {step}; the model diverged")
+            if self.best is None or (value > self.best if self.maximize else value < self.best):
+                self.best, self.best_epoch = value, step
+            if self.trial is not None:
+                self.trial.report(value, step)
+                if self.prune and self.trial.should_prune():
+                    self.pruned = True
+                    self.model.stop_training = True
+
+    return EpochReporter
+
+
+class TrialRunner:
+    """Runs trials of one study in this process; everything expensive is loaded once."""
+
+    def __init__(self, spec: StudySpec, data: Dataset | None = None) -> None:
+        import keras
+
+        from tuner_service import data as data_mod
+
+        self.keras = keras
+        self.spec = spec
+        self.data = data if data is not None else data_mod.load(spec.data, spec.seed)
+        self.hypermodel = as_hypermodel(import_user_object(spec.model))
+        self._reporter_cls = _make_reporter(keras)
+        self.backend = keras.backend.backend()
+        self.device = _device(keras)
+
+    # ----------------------------------------------------------------- building blocks
+
+    def build(self, hp: Any) -> Any:
+        try:
+            model = self.hypermodel.build(hp)
+        except (TrialError, BadInput, TrialInterrupted):
+            raise
+        except Exception as exc:
+            raise TrialError(f"build_model raised {type(exc).__name__}: {_one_line(exc)}") from exc
+        if not isinstance(model, self.keras.Model):
+            raise TrialError(
+                f"build_model returned {type(model).__name__}, not a keras.Model; return the compiled model"
+            )
+        if not getattr(model, "compiled", False) and getattr(model, "optimizer", None) is None:
+            raise TrialError("build_model returned a model that is not compiled; call model.compile(...) before returning it")
+        return model
+
+    def callbacks(self, reporter: Any, extra: list[Any] | None = None) -> list[Any]:
+        cbs: list[Any] = [reporter]
+        es = self.spec.fit.early_stopping
+        if es is not None:
+            cbs.append(self.keras.callbacks.EarlyStopping(
+                monitor=es.monitor, patience=es.patience, min_delta=es.min_delta,
+                restore_best_weights=es.restore_best_weights,
+            ))
+        return cbs + list(extra or [])
+
+    def fit(self, hp: Any, model: Any, reporter: Any, *, x: Any, y: Any, validation_data: Any,
+            epochs: int, extra_callbacks: list[Any] | None = None, verbose: int = 0) -> Any:
+        try:
+            return self.hypermodel.fit(
+                hp, model, x, y,
+                validation_data=validation_data,
+                epochs=epochs,
+                batch_size=self.spec.fit.batch_size,
+                shuffle=self.spec.fit.shuffle,
+                callbacks=self.callbacks(reporter, extra_callbacks),
+                verbose=verbose,
+            )
+        except (TrialError, BadInput, TrialInterrupted):
+            raise
+        except Exception as exc:
+            raise TrialError(f"fit raised {type(exc).__name__}: {_one_line(exc)}") from exc
+
+    # ----------------------------------------------------------------- one trial
+
+    def run(self, trial: optuna.Trial, *, prune: bool, extra_callbacks: list[Any] | None = None) -> Outcome:
+        from tuner_service.hp import TrialHyperParameters
+
+        d = self.data
+        hp = TrialHyperParameters(trial)
+        started = time.perf_counter()
+        try:
+            model = self.build(hp)
+            reporter = self._reporter_cls(trial, self.spec.objective.name, self.spec.maximize, prune)
+            t0 = time.perf_counter()
+            result = self.fit(hp, model, reporter, x=d.x_train, y=d.y_train,
+                              validation_data=(d.x_val, d.y_val), epochs=self.spec.epochs,
+                              extra_callbacks=extra_callbacks)
+            fit_seconds = time.perf_counter() - t0
+            value, best_epoch = self._objective(reporter, result)
+            attrs = {
+                "param_count": int(model.count_params()),
+                "model_summary": model_summary(model),
+                "fit_seconds": round(fit_seconds, 3),
+                "trial_seconds": round(time.perf_counter() - started, 3),
+                "best_epoch": best_epoch,
+                "epochs_run": reporter.epochs_run,
+                "history": reporter.history,
+            }
+            return Outcome(None if reporter.pruned else value, reporter.pruned, attrs)
+        finally:
+            self.keras.backend.clear_session()
+
+    def _objective(self, reporter: Any, result: Any) -> tuple[float, int | None]:
+        """The best epoch's objective; or what a custom ``HyperModel.fit`` returned."""
+        name = self.spec.objective.name
+        if isinstance(result, (int, float)):
+            value = float(result)
+        elif isinstance(result, dict) and name in result:
+            value = float(result[name])
+        elif reporter.best is not None:
+            return reporter.best, reporter.best_epoch
+        else:
+            raise TrialError(
+                f"objective {name!r} was never reported: HyperModel.fit must pass its callbacks "
+                "to model.fit or return the objective (a float or a dict of metrics)"
+            )
+        if not math.isfinite(value):
+            raise TrialError(f"objective {name} is {value}; the model diverged")
+        return value, reporter.best_epoch
+
+    # ----------------------------------------------------------------- preflight
+
+    def preflight(self) -> dict[str, Any]:
+        """Build with default hyperparameters and fit one short epoch: catches a builder that
+        does not return a compiled model, a metric the model does not log and data the model
+        does not accept, before anything is written to storage."""
+        from tuner_service.hp import TrialHyperParameters
+
+        d = self.data
+        hp = TrialHyperParameters(None)
+        n = min(_n(d.x_train), 2 * self.spec.fit.batch_size)
+        m = min(_n(d.x_val), 64)
+        try:
+            model = self.build(hp)
+            reporter = self._reporter_cls(None, self.spec.objective.name, self.spec.maximize, False)
+            self.fit(hp, model, reporter, x=_head(d.x_train, n), y=_head(d.y_train, n),
+                     validation_data=(_head(d.x_val, m), _head(d.y_val, m)), epochs=1)
+            if reporter.epochs_run == 0:
+                self._objective(reporter, None)
+        except TrialError as exc:
+            raise BadInput(f"model check failed: {exc}") from None
+        finally:
+            self.keras.backend.clear_session()
+        return {"space": {k: _jsonable(v) for k, v in hp.values.items()}}
+
+
+def model_summary(model: Any) -> str:
+    lines: list[str] = []
+    try:
+        model.summary(print_fn=lambda line, *a, **k: lines.append(line))
+    except Exception:  # an unbuilt subclassed model cannot summarise; not worth failing for
+        return ""
+    return "\n".join(lines)[:20000]
+
+
+def _device(keras: Any) -> str:
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_logical_devices("GPU")
+        return gpus[0].name if gpus else "CPU"
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return str(jax.devices()[0])
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    return "unknown"
+
+
+def _n(x: Any) -> int:
+    from tuner_service.data import _len
+
+    return _len(x)
+
+
+def _head(x: Any, n: int) -> Any:
+    if isinstance(x, (list, tuple)):
+        return type(x)(a[:n] for a in x)
+    if isinstance(x, dict):
+        return {k: v[:n] for k, v in x.items()}
+    return x[:n]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+def _jsonable(v: Any) -> Any:
+    return v if isinstance(v, (type(None), bool, int, float, str)) else repr(v)

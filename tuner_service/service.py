@@ -1,0 +1,290 @@
+"""The Python API behind the CLI: submit a study, run local workers, query results."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+from tuner_service import study as study_mod
+from tuner_service.errors import BadInput, StudyAborted
+from tuner_service.storage import mask_password, open_storage, resolve_url, sqlite_path
+
+if TYPE_CHECKING:
+    import optuna
+    from rich.console import Console
+
+    from tuner_service.spec import StudySpec
+
+
+def submit(
+    spec: StudySpec,
+    storage_url: str | None = None,
+    *,
+    workers: int = 1,
+    wait: bool = True,
+    resume: bool = False,
+    replace: bool = False,
+    console: Console | None = None,
+) -> optuna.Study:
+    """Register ``spec`` (after checking everything that can be checked) and run it."""
+    import optuna
+
+    from tuner_service import tuners
+
+    url = resolve_url(storage_url)
+    existing = _existing_study(url, spec.name)
+    if existing is not None and not (resume or replace):
+        raise BadInput(
+            f"study {spec.name!r} already exists in {mask_password(url)}; continue it with --resume, "
+            "start it afresh with --replace, or choose another --name"
+        )
+    if resume and existing is None:
+        raise BadInput(f"--resume: there is no study {spec.name!r} in {mask_password(url)}; drop --resume to create it")
+
+    runner = None
+    extra: dict[str, Any] = {}
+    points = None
+    if not resume:
+        # Everything that can fail on user input fails here, before the database is touched.
+        runner, extra, points = _preflight(spec)
+    storage = open_storage(url)
+    if replace and existing is not None:
+        optuna.delete_study(study_name=spec.name, storage=storage)
+    if resume:
+        study = study_mod.load(storage, spec.name)
+        added = study_mod.resume(study, spec)
+        _say(console, f"resuming study {spec.name!r}" + (f" with {added} more trial slot(s)" if added else ""))
+    else:
+        study = study_mod.create(spec, storage, extra_attrs=extra, points=points)
+        _say(console, f"study [bold]{spec.name}[/] registered in {mask_password(url)}: "
+                      f"tuner {spec.tuner.name}, {tuners.planned_trials(spec) if points is None else len(points)} trials")
+    if not wait:
+        _say(console, f"run it with: tuner-service worker {spec.name} --storage {mask_password(url)}")
+        return study
+    run_local(study, spec, url, workers=workers, runner=runner, console=console)
+    return study
+
+
+def _existing_study(url: str, name: str) -> Any:
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        return None
+    storage = open_storage(url)
+    return storage if study_mod.study_exists(storage, name) else None
+
+
+def _preflight(spec: StudySpec) -> tuple[Any, dict[str, Any], list[dict[str, Any]] | None]:
+    from tuner_service import tuners
+
+    tuner = tuners.get(spec.tuner.name)
+    prepare = getattr(tuner, "prepare", None)
+    if prepare is not None:  # e.g. grid: validates the grid against the estimator, returns the points
+        return prepare(spec)
+    from tuner_service.runner import TrialRunner
+
+    runner = TrialRunner(spec)
+    runner.preflight()
+    d = runner.data
+    extra = {"data": {"source": spec.data.source, "hash": d.hash, "task": d.task, **d.sizes}}
+    return runner, extra, None
+
+
+def run_local(
+    study: optuna.Study,
+    spec: StudySpec,
+    url: str,
+    *,
+    workers: int = 1,
+    runner: Any = None,
+    console: Console | None = None,
+) -> study_mod.Counts:
+    """Run the study here with ``workers`` processes and a live progress bar."""
+    from tuner_service.worker import Worker, WorkerOptions
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    stop = threading.Event()
+    progress = threading.Thread(target=_follow, args=(study, spec, stop, console), daemon=True)
+    progress.start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        if workers == 1:
+            w = Worker(spec.name, url, WorkerOptions(index=0, threads=threads), runner=runner)
+            w.install_signal_handlers()
+            w.run()
+        else:
+            for i in range(workers):
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "tuner_service.worker", spec.name, "--storage", url,
+                     "--index", str(i), "--threads", str(threads)],
+                ))
+            _wait_children(procs)
+    finally:
+        stop.set()
+        progress.join()
+    counts = study_mod.Counts.of(study.get_trials(deepcopy=False))
+    aborted = study.user_attrs.get(study_mod.ABORTED_ATTR) if counts.waiting else None
+    if aborted:
+        raise StudyAborted(f"study {spec.name!r} stopped: {aborted}")
+    _report_best(study, spec, url, counts, console)
+    return counts
+
+
+def _wait_children(procs: list[subprocess.Popen[bytes]]) -> None:
+    def forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for p in procs:
+            while p.poll() is None:
+                try:
+                    p.wait()
+                except KeyboardInterrupt:
+                    forward(signal.SIGINT, None)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _follow(study: optuna.Study, spec: StudySpec, stop: threading.Event, console: Console | None) -> None:
+    """A live progress bar fed by polling the storage (so it counts every worker's trials)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    maximize = spec.maximize
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+        console=console, transient=False, disable=console is None,
+    ) as bar:
+        task = bar.add_task(spec.name, total=None, info="starting workers")
+        while True:
+            try:
+                c = study_mod.Counts.of(study.get_trials(deepcopy=False), maximize=maximize)
+            except Exception:  # a transient storage error must not kill the progress bar
+                c = None
+            if c is not None:
+                best = (f"best {spec.objective.name} {c.best.value:.4f} (#{c.best.number})"
+                        if c.best is not None else "no result yet")
+                extra = f", {c.pruned} pruned" if c.pruned else ""
+                extra += f", {c.failed} failed" if c.failed else ""
+                bar.update(task, total=c.total, completed=c.finished,
+                           info=f"{best} | running {c.running}{extra}")
+            if stop.wait(1.0):
+                break
+
+
+def _report_best(study: optuna.Study, spec: StudySpec, url: str, counts: study_mod.Counts, console: Console | None) -> None:
+    if console is None:
+        return
+    summary = (f"{counts.complete} complete, {counts.pruned} pruned, {counts.failed} failed"
+               + (f", {counts.waiting} not started (resume with --resume)" if counts.waiting else ""))
+    console.print(f"study [bold]{spec.name}[/]: {summary}")
+    try:
+        row = best(spec.name, url, study=study)
+    except BadInput as exc:
+        console.print(str(exc))
+        return
+    console.print(f"best trial #{row['number']}: {spec.objective.name} = {row['value']:.4f}"
+                  + (f" at epoch {row['best_epoch']}" if row.get("best_epoch") else ""))
+    for k, v in row["params"].items():
+        console.print(f"  {k}: {v}")
+    masked = mask_password(url)
+    console.print(f"query:      tuner-service best {spec.name} --storage {masked}")
+    console.print(f"dashboard:  tuner-service dashboard --storage {masked}   (then open http://127.0.0.1:8080)")
+
+
+def _say(console: Console | None, text: str) -> None:
+    if console is not None:
+        console.print(text)
+
+
+# ---------------------------------------------------------------------------- queries
+
+
+def _open(url: str | None, name: str) -> optuna.Study:
+    storage = open_storage(url, create=False)
+    return study_mod.load(storage, name)
+
+
+def best(name: str, storage_url: str | None = None, *, study: optuna.Study | None = None) -> dict[str, Any]:
+    study = study or _open(storage_url, name)
+    t = study_mod.best_trial(study)
+    spec = study.user_attrs.get(study_mod.SPEC_ATTR) or {}
+    return {
+        "study": name,
+        "number": t.number,
+        "value": t.value,
+        "objective": (spec.get("objective") or {}).get("name", "value"),
+        "direction": study.direction.name.lower(),
+        "params": t.params,
+        "best_epoch": t.user_attrs.get("best_epoch"),
+        "user_attrs": {k: v for k, v in t.user_attrs.items() if k not in ("model_summary", "history", "traceback")},
+    }
+
+
+def trials(name: str, storage_url: str | None = None, *, top: int | None = None) -> list[dict[str, Any]]:
+    from optuna.trial import TrialState
+
+    study = _open(storage_url, name)
+    all_trials = study.get_trials(deepcopy=False)
+    if top is not None:
+        maximize = study.direction.name == "MAXIMIZE"
+        done = [t for t in all_trials if t.state == TrialState.COMPLETE and t.value is not None]
+        all_trials = sorted(done, key=lambda t: ((-t.value if maximize else t.value), t.number))[:top]
+    return [study_mod.trial_row(t) for t in all_trials]
+
+
+def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:
+    import optuna
+
+    storage = open_storage(storage_url, create=False)
+    rows = []
+    for s in optuna.get_all_studies(storage):
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        c = study_mod.Counts.of(study.get_trials(deepcopy=False), maximize=s.direction.name == "MAXIMIZE")
+        rows.append({
+            "name": s.study_name,
+            "tuner": s.user_attrs.get("tuner"),
+            "direction": s.direction.name.lower(),
+            "complete": c.complete, "pruned": c.pruned, "failed": c.failed,
+            "running": c.running, "waiting": c.waiting,
+            "best_value": c.best.value if c.best else None,
+            "submitted_at": s.user_attrs.get("submitted_at"),
+        })
+    return rows
+
+
+def status(name: str, storage_url: str | None = None) -> dict[str, Any]:
+    study = _open(storage_url, name)
+    maximize = study.direction.name == "MAXIMIZE"
+    c = study_mod.Counts.of(study.get_trials(deepcopy=False), maximize=maximize)
+    spec = study.user_attrs.get(study_mod.SPEC_ATTR) or {}
+    state = ("aborted" if study.user_attrs.get(study_mod.ABORTED_ATTR)
+             else "done" if c.waiting == 0 and c.running == 0 else "running" if c.running else "waiting")
+    info: dict[str, Any] = {
+        "study": name,
+        "state": state,
+        "tuner": study.user_attrs.get("tuner"),
+        "objective": f"{(spec.get('objective') or {}).get('name')} ({study.direction.name.lower()})",
+        "complete": c.complete, "pruned": c.pruned, "failed": c.failed, "retried": c.retried,
+        "running": c.running, "waiting": c.waiting,
+        "best_value": c.best.value if c.best else None,
+        "best_trial": c.best.number if c.best else None,
+        "best_params": c.best.params if c.best else None,
+        "data": study.user_attrs.get("data"),
+        "submitted_at": study.user_attrs.get("submitted_at"),
+    }
+    if study.user_attrs.get(study_mod.ABORTED_ATTR):
+        info["aborted"] = study.user_attrs[study_mod.ABORTED_ATTR]
+    retrain = study.user_attrs.get("retrain")
+    if retrain:
+        info["retrained_test_metrics"] = retrain.get("test_metrics")
+        info["retrained_model"] = retrain.get("model_path")
+    return info
+

@@ -1,0 +1,360 @@
+"""The study spec: a YAML file validated at the boundary, overridable field by field.
+
+Example (``studies/digits.yaml``)::
+
+    name: digits
+    model: digits_model.py:build_model     # path relative to this file, or package.module:attr
+    data: {source: "sklearn:digits"}
+    objective: val_accuracy                # direction inferred; or {name: ..., direction: ...}
+    tuner: tpe                             # or {name: hyperband, factor: 3}
+    budget: {max_trials: 12, max_epochs: 8}
+    fit: {batch_size: 32}
+    seed: 42
+
+The validated spec is stored with the study (study user attr ``spec``) together with the
+SHA-256 of the model source, so a worker on another machine runs exactly what was submitted.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tuner_service.errors import BadInput
+
+_MAXIMIZE_HINTS = ("acc", "auc", "precision", "recall", "f1", "r2", "iou", "score")
+_MINIMIZE_HINTS = ("loss", "error", "mse", "mae", "mape", "msle", "rmse", "crossentropy", "hinge")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
+
+
+class DataSpec(_Strict):
+    """Where the data comes from and how it is split (deterministically, by ``seed``)."""
+
+    source: str = "sklearn:digits"
+    validation_split: float = Field(0.2, gt=0, lt=1)
+    test_split: float = Field(0.2, ge=0, lt=1)
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        from tuner_service.data import check_source
+
+        check_source(v)
+        return v
+
+
+class ObjectiveSpec(_Strict):
+    """The metric Keras logs per epoch (``val_accuracy``, ``val_loss``...) and its direction."""
+
+    name: str = "val_accuracy"
+    direction: Literal["maximize", "minimize"] | None = None
+
+    @model_validator(mode="after")
+    def _infer_direction(self) -> ObjectiveSpec:
+        if self.direction is None:
+            self.direction = infer_direction(self.name)
+        return self
+
+
+def infer_direction(metric: str) -> Literal["maximize", "minimize"]:
+    base = metric.lower().removeprefix("val_")
+    if any(h in base for h in _MINIMIZE_HINTS):
+        return "minimize"
+    if any(h in base for h in _MAXIMIZE_HINTS):
+        return "maximize"
+    raise ValueError(
+        f"cannot infer whether to maximize or minimize {metric!r}; "
+        "write objective: {name: ..., direction: maximize|minimize}"
+    )
+
+
+class TunerSpec(_Strict):
+    """A tuner name and its options; options are validated by the tuner's own model."""
+
+    name: str = "tpe"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten(cls, value: Any) -> Any:
+        # Accept `tuner: tpe` and `tuner: {name: hyperband, factor: 3}` as well as the
+        # canonical `{name: ..., options: {...}}`.
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict) and "options" not in value:
+            return {"name": value.get("name", "tpe"), "options": {k: v for k, v in value.items() if k != "name"}}
+        return value
+
+    @model_validator(mode="after")
+    def _check_options(self) -> TunerSpec:
+        from tuner_service.tuners import validate_options
+
+        self.__dict__["options"] = validate_options(self.name, self.options)
+        return self
+
+
+class BudgetSpec(_Strict):
+    max_trials: int | None = Field(None, gt=0, description="default 20; Hyperband: keras-tuner's count")
+    max_epochs: int | None = Field(None, gt=0)
+    timeout: float | None = Field(None, gt=0, description="seconds from the study's start")
+
+
+class EarlyStoppingSpec(_Strict):
+    monitor: str = "val_loss"
+    patience: int = Field(2, ge=0)
+    min_delta: float = 0.0
+    restore_best_weights: bool = False
+
+
+class FitSpec(_Strict):
+    epochs: int | None = Field(None, gt=0)
+    batch_size: int = Field(32, gt=0)
+    shuffle: bool = True
+    early_stopping: EarlyStoppingSpec | None = None
+
+
+class StudySpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+    model: str
+    data: DataSpec = Field(default_factory=DataSpec)
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+    tuner: TunerSpec = Field(default_factory=TunerSpec)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    fit: FitSpec = Field(default_factory=FitSpec)
+    seed: int = 42
+    priority: int = 0
+    checkpoints: bool = False
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective_str(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _epochs(self) -> StudySpec:
+        if self.fit.epochs and self.budget.max_epochs and self.fit.epochs > self.budget.max_epochs:
+            raise ValueError(
+                f"fit.epochs={self.fit.epochs} exceeds budget.max_epochs={self.budget.max_epochs}; "
+                "lower one or raise the other"
+            )
+        return self
+
+    @property
+    def epochs(self) -> int:
+        """Epochs one trial trains for at most (Hyperband's maximum resource)."""
+        return self.budget.max_epochs or self.fit.epochs or 10
+
+    @property
+    def maximize(self) -> bool:
+        return self.objective.direction == "maximize"
+
+    def to_stored(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------- model refs
+
+
+def split_model_ref(ref: str) -> tuple[str, str]:
+    if ":" not in ref:
+        raise BadInput(
+            f"model reference {ref!r} has no attribute; write path/to/file.py:build_model "
+            "or package.module:MyHyperModel"
+        )
+    target, attr = ref.rsplit(":", 1)
+    if not attr.isidentifier():
+        raise BadInput(f"model reference {ref!r}: {attr!r} is not a Python name")
+    return target, attr
+
+
+def model_source_path(ref: str) -> Path:
+    """The source file a model reference points at (without importing it)."""
+    target, _ = split_model_ref(ref)
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise BadInput(f"model file {target!r} not found; check the model: field (paths are relative to the study file)")
+        return path
+    try:
+        found = importlib.util.find_spec(target)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.origin or not found.origin.endswith(".py"):
+        raise BadInput(f"model module {target!r} not found; use path/to/file.py:name or an importable module")
+    return Path(found.origin)
+
+
+def check_model_ref(ref: str) -> Path:
+    """Fail early, without importing user code, when the referenced name is not defined."""
+    path = model_source_path(ref)
+    _, attr = split_model_ref(ref)
+    try:
+        tree = ast.parse(path.read_text(), filename=str(path))
+    except SyntaxError as exc:
+        raise BadInput(f"model file {str(path)!r} has a syntax error at line {exc.lineno}: {exc.msg}") from None
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, ast.Assign):
+            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, (ast.ImportFrom, ast.Import)):
+            names += [(a.asname or a.name).split(".")[0] for a in node.names]
+    if attr not in names:
+        defined = ", ".join(n for n in names if not n.startswith("_")) or "nothing"
+        raise BadInput(f"model reference {ref!r} not found: {path.name} defines {defined}")
+    return path
+
+
+def code_hash(ref: str) -> str:
+    return hashlib.sha256(model_source_path(ref).read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- loading
+
+#: CLI flag -> dotted spec field.
+FLAG_FIELDS = {
+    "name": "name",
+    "tuner": "tuner",
+    "max_trials": "budget.max_trials",
+    "max_epochs": "budget.max_epochs",
+    "epochs": "fit.epochs",
+    "batch_size": "fit.batch_size",
+    "seed": "seed",
+    "timeout": "budget.timeout",
+}
+
+
+def parse_set_option(item: str) -> tuple[str, Any]:
+    """``fit.batch_size=64`` -> ("fit.batch_size", 64) (the value is parsed as YAML)."""
+    if "=" not in item:
+        raise BadInput(f"--set {item!r} is not KEY=VALUE; write e.g. --set fit.batch_size=64")
+    key, raw = item.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return key.strip(), raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            child = node.get(key)
+            if isinstance(child, str) and key == "tuner":
+                child = {"name": child}
+            if child is None:
+                child = {}
+            if not isinstance(child, dict):
+                raise BadInput(f"cannot set {dotted!r}: {key!r} is not a mapping in the spec")
+            node[key] = child
+            node = child
+        if leaf == "tuner" and not parents and isinstance(node.get("tuner"), dict):
+            node["tuner"] = {**node["tuner"], "name": value}
+        else:
+            node[leaf] = value
+    return raw
+
+
+def load_spec(path: str | Path | None, overrides: dict[str, Any] | None = None) -> StudySpec:
+    """Read, override and validate a study file; every error is one ``BadInput`` line."""
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise BadInput(f"study file {str(path)!r} not found; pass the path of a YAML study file (see studies/)")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise BadInput(f"study file {str(path)!r} is not valid YAML{where}: {problem}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise BadInput(f"study file {str(path)!r} must be a mapping of fields (name:, model:, ...)")
+        raw = loaded
+        base = path.parent
+    raw = apply_overrides(raw, overrides or {})
+    if isinstance(raw.get("model"), str):
+        raw["model"] = _resolve_model_path(raw["model"], base)
+    spec = validate_spec(raw, source=str(path) if path else "spec")
+    check_model_ref(spec.model)
+    return spec
+
+
+def _resolve_model_path(ref: str, base: Path) -> str:
+    if ":" not in ref:
+        return ref
+    target, attr = ref.rsplit(":", 1)
+    if not target.endswith(".py"):
+        return ref
+    p = Path(target)
+    if not p.is_absolute():
+        p = base / p
+    try:
+        p = p.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        p = p.resolve()
+    return f"{p}:{attr}"
+
+
+def validate_spec(raw: dict[str, Any], source: str = "spec") -> StudySpec:
+    try:
+        return StudySpec.model_validate(raw)
+    except ValidationError as exc:
+        raise BadInput(f"{source}: {format_validation_error(exc, raw)}") from None
+    except BadInput as exc:
+        raise BadInput(f"{source}: {exc}") from None
+
+
+def format_validation_error(exc: ValidationError, raw: Any = None) -> str:
+    """pydantic's error list -> one line naming the field, the bad value and the fix."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if p not in ("options",)) or "spec"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(StudySpec, [p for p in err["loc"][:-1]])
+        valid = ", ".join(parent.model_fields) if parent else ""
+        msg = f"unknown field {err['loc'][-1]!r}" + (f"; valid fields here: {valid}" if valid else "")
+        loc = ".".join(str(p) for p in err["loc"][:-1]) or "spec"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    elif err["type"] == "string_pattern_mismatch" and err["loc"][-1] == "name":
+        msg = (f"name {err.get('input')!r} is not valid; use letters, digits, '_', '-', '.' "
+               "(up to 128 characters)")
+    else:
+        msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
+        if "input" in err and err["type"] != "value_error" and not isinstance(err["input"], dict):
+            msg = f"{msg} (got {err['input']!r})"
+    more = len(exc.errors()) - 1
+    return f"{loc}: {msg}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
+def _model_at(model: type[BaseModel], loc: list[Any]) -> type[BaseModel] | None:
+    for key in loc:
+        field = model.model_fields.get(str(key))
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = getattr(ann, "__args__", (ann,))
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            return None
+        model = nxt
+    return model

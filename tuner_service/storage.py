@@ -1,0 +1,161 @@
+"""Storage URL -> Optuna RDB storage with engine settings that hold up under many workers.
+
+SQLite: WAL journal, a long busy timeout, and every transaction opened with
+``BEGIN IMMEDIATE``. Plain Optuna on SQLite lets two processes claim the same waiting
+trial (both read WAITING in deferred transactions, both then write); taking the write lock at
+the start of the transaction serialises claims, so an enqueued point (grid point, retry,
+budget slot) runs exactly once. ``synchronous=NORMAL`` in WAL mode keeps every committed
+transaction across a crash of any process (kill -9); only an OS crash or power loss can lose
+the last commits. Set ``TUNER_SERVICE_SQLITE_SYNCHRONOUS=FULL`` to close that window too.
+
+PostgreSQL (``postgresql+psycopg://``): pooled connections with ``pool_pre_ping`` so a
+server restart costs one failed ping, not a failed trial.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuner_service.errors import BadInput, StorageUnavailable
+
+if TYPE_CHECKING:
+    import optuna
+
+DEFAULT_STORAGE = "sqlite:///tuner.db"
+STORAGE_ENV = "TUNER_SERVICE_STORAGE"
+
+#: Heartbeat settings (seconds). A trial whose heartbeat is older than the grace period is
+#: failed and re-queued with the same parameters.
+HEARTBEAT_INTERVAL = int(os.environ.get("TUNER_SERVICE_HEARTBEAT_INTERVAL", "5"))
+HEARTBEAT_GRACE = int(os.environ.get("TUNER_SERVICE_HEARTBEAT_GRACE", "20"))
+
+_PASSWORD_RE = re.compile(r"(?P<head>[a-zA-Z0-9+._-]+://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<tail>@)")
+
+
+def mask_password(text: str) -> str:
+    """Replace the password of every URL in ``text`` with ``***``."""
+    return _PASSWORD_RE.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+
+
+def resolve_url(url: str | None) -> str:
+    """The storage URL to use: the argument, else ``$TUNER_SERVICE_STORAGE``, else SQLite."""
+    return url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a ``sqlite:///`` URL, or None for other backends/in-memory."""
+    if not url.startswith("sqlite:"):
+        return None
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    path = path.split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    return Path(path)
+
+
+def check_url(url: str) -> None:
+    """Reject URLs that cannot work before anything touches them."""
+    scheme = url.split(":", 1)[0]
+    if "://" not in url:
+        raise BadInput(
+            f"storage URL {mask_password(url)!r} is not a URL; use e.g. sqlite:///tuner.db "
+            "or postgresql+psycopg://user:pass@host/db"
+        )
+    known = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql", "mysql+pymysql")
+    if scheme not in known:
+        raise BadInput(
+            f"storage URL scheme {scheme!r} is not supported; use one of: {', '.join(known)}"
+        )
+    path = sqlite_path(url)
+    if path is not None and not path.parent.exists():
+        raise BadInput(
+            f"storage URL {url!r}: directory {str(path.parent)!r} does not exist; create it "
+            "or point --storage at an existing directory"
+        )
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        # isolation_level=None: the sqlite3 module must not open transactions itself, so
+        # that the "begin" hook below decides how each transaction starts.
+        return {"connect_args": {"timeout": 60, "isolation_level": None}}
+    return {"pool_pre_ping": True, "pool_recycle": 300}
+
+
+def _install_sqlite_hooks(engine: Any) -> None:
+    from sqlalchemy import event
+
+    synchronous = os.environ.get("TUNER_SERVICE_SQLITE_SYNCHRONOUS", "NORMAL").upper()
+    if synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+        raise BadInput(
+            f"TUNER_SERVICE_SQLITE_SYNCHRONOUS={synchronous!r} is not valid; "
+            "use NORMAL (default) or FULL"
+        )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def open_storage(
+    url: str | None = None,
+    *,
+    heartbeat: bool = False,
+    create: bool = True,
+) -> optuna.storages.RDBStorage:
+    """Open (and, for a new database, create) the Optuna storage behind ``url``.
+
+    ``heartbeat=True`` enables Optuna's heartbeat so stale trials can be failed and retried;
+    workers use it, read-only commands do not need it. ``create=False`` refuses to create a
+    new SQLite file (used by read-only commands so a typo does not leave an empty database).
+    """
+    import warnings
+
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    # Heartbeats and fail_stale_trials are marked experimental; we rely on them on purpose.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    url = resolve_url(url)
+    check_url(url)
+    path = sqlite_path(url)
+    if path is not None and not create and not path.exists():
+        raise BadInput(
+            f"no database at {str(path)!r}; check --storage (or ${STORAGE_ENV}) or submit a study first"
+        )
+    kwargs: dict[str, Any] = {}
+    if heartbeat:
+        from tuner_service.retry import RequeueStaleTrial
+
+        kwargs = {
+            "heartbeat_interval": HEARTBEAT_INTERVAL,
+            "grace_period": HEARTBEAT_GRACE,
+            "heartbeat_stale_trial_callback": RequeueStaleTrial(),
+        }
+    try:
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
+    except (SQLAlchemyError, ImportError, ValueError, OSError) as exc:
+        raise StorageUnavailable(
+            f"cannot open storage {mask_password(url)!r}: {mask_password(_first_line(exc))}; "
+            "check the URL, that the server is running and the credentials"
+        ) from None
+    if url.startswith("sqlite"):
+        _install_sqlite_hooks(storage.engine)
+        storage.engine.dispose()  # drop connections made before the hooks were installed
+    return storage
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

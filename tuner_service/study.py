@@ -1,0 +1,230 @@
+"""Studies on Optuna storage: creation, the trial budget, and read-side summaries.
+
+The budget is a queue. Submitting a study with ``max_trials = N`` enqueues N WAITING trials
+(empty slots, or grid points); a worker runs a trial only by claiming a WAITING one, with the
+same atomic WAITING -> RUNNING transition Optuna uses for ``enqueue_trial``. So N workers
+never run more than N trials between them, and nothing needs a lock of our own. A trial that
+dies (stale heartbeat, worker stopped) is failed and a WAITING copy with the same parameters
+is enqueued in its place, so the budget stays exact. Unspent slots stay WAITING (e.g. after
+a timeout) and are what ``submit --resume`` continues with.
+
+Nothing here imports Keras.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tuner_service.errors import BadInput
+from tuner_service.spec import StudySpec, code_hash
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+SPEC_ATTR = "spec"
+CODE_HASH_ATTR = "code_hash"
+READY_ATTR = "ready"
+ABORTED_ATTR = "aborted"
+
+
+def study_exists(storage: Any, name: str) -> bool:
+    import optuna
+
+    try:
+        storage.get_study_id_from_name(name)
+        return True
+    except KeyError:
+        return False
+    except optuna.exceptions.StorageInternalError:
+        return False
+
+
+def create(
+    spec: StudySpec,
+    storage: optuna.storages.BaseStorage,
+    *,
+    extra_attrs: dict[str, Any] | None = None,
+    points: list[dict[str, Any]] | None = None,
+) -> optuna.Study:
+    """Create the study, store the spec, and enqueue its budget; all or nothing.
+
+    ``points``: fixed parameter sets (grid points) to enqueue instead of empty slots.
+    """
+    import optuna
+
+    from tuner_service import tuners
+
+    if study_exists(storage, spec.name):
+        raise BadInput(
+            f"study {spec.name!r} already exists; continue it with `tuner-service submit ... --resume`, "
+            f"replace it with --replace, or choose another --name"
+        )
+    study = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.objective.direction)
+    try:
+        attrs = {
+            SPEC_ATTR: spec.to_stored(),
+            CODE_HASH_ATTR: code_hash(spec.model),
+            "submitted_at": _now(),
+            "tuner": spec.tuner.name,
+            **(extra_attrs or {}),
+        }
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+        n = len(points) if points is not None else tuners.planned_trials(spec)
+        enqueue_slots(study, n, points)
+        study.set_user_attr(READY_ATTR, True)
+    except BaseException:
+        optuna.delete_study(study_name=spec.name, storage=storage)
+        raise
+    return study
+
+
+def enqueue_slots(study: optuna.Study, n: int, points: list[dict[str, Any]] | None = None) -> None:
+    """Add ``n`` WAITING trials: budget slots, or the given fixed points."""
+    import optuna
+
+    for i in range(n):
+        params = points[i] if points is not None else {}
+        study.add_trial(
+            optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, system_attrs={"fixed_params": params})
+        )
+
+
+def load(storage: Any, name: str, *, sampler: Any = None, pruner: Any = None) -> optuna.Study:
+    import optuna
+
+    if not study_exists(storage, name):
+        names = sorted(s.study_name for s in optuna.get_all_studies(storage))
+        hint = f"; studies here: {', '.join(names[:10])}" if names else "; this storage has no studies"
+        raise BadInput(f"no study named {name!r}{hint}")
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def stored_spec(study: optuna.Study) -> StudySpec:
+    raw = study.user_attrs.get(SPEC_ATTR)
+    if raw is None:
+        raise BadInput(f"study {study.study_name!r} was not created by tuner-service (it has no spec); "
+                       "query it with optuna's own tools")
+    return StudySpec.model_validate(raw)
+
+
+def resume(study: optuna.Study, spec: StudySpec) -> int:
+    """Top the budget up to ``spec``'s max_trials (after a raised budget); returns slots added."""
+    from tuner_service import tuners
+
+    old = stored_spec(study)
+    for key in ("model", "objective", "tuner", "data"):
+        if getattr(old, key) != getattr(spec, key):
+            raise BadInput(
+                f"--resume: the study file's {key} differs from study {study.study_name!r}'s; "
+                "resume with the same file (only budget/fit may change) or submit under a new --name"
+            )
+    counts = Counts.of(study.get_trials(deepcopy=False))
+    missing = tuners.planned_trials(spec) - counts.budget_used
+    if missing > 0 and spec.tuner.name != "grid":
+        enqueue_slots(study, missing)
+    study.set_user_attr(SPEC_ATTR, {**spec.to_stored(), "budget": spec.budget.model_dump(mode="json")})
+    study.set_user_attr(ABORTED_ATTR, None)
+    return max(missing, 0)
+
+
+@dataclass
+class Counts:
+    """Trial states as the budget sees them."""
+
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0  # failed for good (not re-queued)
+    retried: int = 0  # failed and replaced by a retry
+    running: int = 0
+    waiting: int = 0
+    best: FrozenTrial | None = None
+    running_numbers: list[int] = field(default_factory=list)
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+    @property
+    def budget_used(self) -> int:
+        """Slots accounted for: finished, running or waiting (a retry replaces its failure)."""
+        return self.finished + self.running + self.waiting
+
+    @property
+    def total(self) -> int:
+        return self.budget_used
+
+    @classmethod
+    def of(cls, trials: list[FrozenTrial], maximize: bool | None = None) -> Counts:
+        from optuna.trial import TrialState
+
+        retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+        c = cls()
+        for t in trials:
+            s = t.state
+            if s == TrialState.COMPLETE:
+                c.complete += 1
+                if maximize is not None and t.value is not None and (
+                    c.best is None or (t.value > c.best.value if maximize else t.value < c.best.value)
+                ):
+                    c.best = t
+            elif s == TrialState.PRUNED:
+                c.pruned += 1
+            elif s == TrialState.FAIL:
+                if t.number in retried:
+                    c.retried += 1
+                else:
+                    c.failed += 1
+            elif s == TrialState.RUNNING:
+                c.running += 1
+                c.running_numbers.append(t.number)
+            elif s == TrialState.WAITING:
+                c.waiting += 1
+        return c
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    """The best COMPLETE trial (ties: the earliest, as Optuna and scikit-learn do)."""
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    if not done:
+        raise BadInput(f"study {study.study_name!r} has no completed trial yet; run a worker or wait for one")
+    maximize = study.direction.name == "MAXIMIZE"
+    return sorted(done, key=lambda t: ((-t.value if maximize else t.value), t.number))[0]
+
+
+def trial_row(t: FrozenTrial) -> dict[str, Any]:
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "value": None if t.value is None or not math.isfinite(t.value) else t.value,
+        "params": t.params,
+        "best_epoch": t.user_attrs.get("best_epoch"),
+        "epochs_run": t.user_attrs.get("epochs_run"),
+        "duration_s": round(t.duration.total_seconds(), 3) if t.duration else None,
+        "param_count": t.user_attrs.get("param_count"),
+        "host": t.user_attrs.get("host"),
+        "pid": t.user_attrs.get("pid"),
+        "fail_reason": t.user_attrs.get("fail_reason"),
+    }
+
+
+def wait_until_done(study: optuna.Study, poll: float = 1.0, timeout: float | None = None) -> Counts:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        c = Counts.of(study.get_trials(deepcopy=False))
+        if c.running == 0 and c.waiting == 0:
+            return c
+        if deadline is not None and time.monotonic() > deadline:
+            return c
+        time.sleep(poll)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

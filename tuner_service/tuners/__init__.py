@@ -1,0 +1,177 @@
+"""Tuners by name: each maps a study spec to an Optuna sampler and pruner.
+
+A tuner is one small entry in :data:`TUNERS`: a pydantic model of its options (unknown
+options are rejected with the list of valid ones) and a factory. Factories import Optuna (and
+anything heavier) lazily, so validating a spec stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tuner_service.errors import BadInput
+
+if TYPE_CHECKING:
+    import optuna
+
+    from tuner_service.spec import StudySpec
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RandomOptions(_Options):
+    pass
+
+
+class TPEOptions(_Options):
+    n_startup_trials: int = Field(10, ge=0)
+    multivariate: bool = True
+    constant_liar: bool = True
+
+
+class HyperbandOptions(_Options):
+    factor: int = Field(3, ge=2)
+    min_epochs: int = Field(1, ge=1)
+    hyperband_iterations: int = Field(1, ge=1)
+    sampler: Literal["random", "tpe"] = "random"
+
+
+class BayesianOptions(_Options):
+    num_initial_points: int | None = Field(None, ge=1, description="default: 3 x number of hyperparameters")
+    alpha: float = Field(1e-4, gt=0)
+    beta: float = Field(2.6, ge=0)
+
+
+@dataclass(frozen=True)
+class Tuner:
+    options: type[_Options]
+    build: Callable[[StudySpec, int], tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]]
+    summary: str
+
+
+def _random(spec: StudySpec, worker: int) -> tuple[Any, Any]:
+    import optuna
+
+    return TrialSeededRandomSampler(spec.seed), optuna.pruners.NopPruner()
+
+
+def _tpe(spec: StudySpec, worker: int) -> tuple[Any, Any]:
+    import optuna
+
+    o = TPEOptions(**spec.tuner.options)
+    sampler = optuna.samplers.TPESampler(
+        n_startup_trials=o.n_startup_trials,
+        multivariate=o.multivariate,
+        group=o.multivariate,  # conditional spaces (layers that exist only for some trials)
+        constant_liar=o.constant_liar,
+        seed=spec.seed + 7919 * worker,  # distinct streams per worker, reproducible per study
+    )
+    return sampler, optuna.pruners.NopPruner()
+
+
+def _hyperband(spec: StudySpec, worker: int) -> tuple[Any, Any]:
+    import optuna
+
+    o = HyperbandOptions(**spec.tuner.options)
+    pruner = optuna.pruners.HyperbandPruner(
+        min_resource=o.min_epochs, max_resource=spec.epochs, reduction_factor=o.factor
+    )
+    sampler = _tpe(spec, worker)[0] if o.sampler == "tpe" else TrialSeededRandomSampler(spec.seed)
+    return sampler, pruner
+
+
+def _bayesian(spec: StudySpec, worker: int) -> tuple[Any, Any]:
+    import optuna
+
+    from tuner_service.tuners.bayesian import BayesianSampler
+
+    o = BayesianOptions(**spec.tuner.options)
+    sampler = BayesianSampler(
+        num_initial_points=o.num_initial_points, alpha=o.alpha, beta=o.beta, seed=spec.seed + 7919 * worker
+    )
+    return sampler, optuna.pruners.NopPruner()
+
+
+TUNERS: dict[str, Tuner] = {
+    "random": Tuner(RandomOptions, _random, "random search (Optuna RandomSampler)"),
+    "tpe": Tuner(TPEOptions, _tpe, "Tree-structured Parzen Estimator, multivariate, constant liar"),
+    "hyperband": Tuner(HyperbandOptions, _hyperband, "Hyperband pruning with epochs as the resource"),
+    "bayesian": Tuner(BayesianOptions, _bayesian, "Gaussian-process Bayesian optimisation (UCB), like keras-tuner's"),
+}
+
+
+def register(name: str, tuner: Tuner) -> None:
+    """Add a tuner (used by the grid tuner module)."""
+    TUNERS[name] = tuner
+
+
+def get(name: str) -> Tuner:
+    _load_plugins()
+    if name not in TUNERS:
+        raise BadInput(f"unknown tuner {name!r}; valid tuners: {', '.join(sorted(TUNERS))}")
+    return TUNERS[name]
+
+
+def _load_plugins() -> None:
+    try:
+        import tuner_service.tuners.grid  # noqa: F401  (registers "grid")
+    except ImportError:
+        pass
+
+
+def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    tuner = get(name)
+    try:
+        return tuner.options(**options).model_dump()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            valid = ", ".join(tuner.options.model_fields) or "none"
+            raise BadInput(f"tuner {name!r} has no option {field!r}; valid options: {valid}") from None
+        raise BadInput(f"tuner {name!r} option {field}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def make(spec: StudySpec, worker: int = 0) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
+    return get(spec.tuner.name).build(spec, worker)
+
+
+def planned_trials(spec: StudySpec) -> int:
+    """The study's trial budget; Hyperband without max_trials runs keras-tuner's count."""
+    if spec.budget.max_trials is not None:
+        return spec.budget.max_trials
+    if spec.tuner.name == "hyperband":
+        o = HyperbandOptions(**spec.tuner.options)
+        return o.hyperband_iterations * hyperband_bracket_trials(spec.epochs, o.factor, o.min_epochs)
+    planner = getattr(get(spec.tuner.name), "planned_trials", None)
+    return planner(spec) if planner else 20
+
+
+def hyperband_bracket_trials(max_epochs: int, factor: int, min_epochs: int = 1) -> int:
+    """Trials started in one Hyperband iteration (Li et al.: n_s = ceil((s_max+1)/(s+1) * eta^s))."""
+    s_max = int(math.floor(math.log(max_epochs / min_epochs, factor) + 1e-9))
+    return sum(math.ceil((s_max + 1) / (s + 1) * factor**s) for s in range(s_max + 1))
+
+
+class TrialSeededRandomSampler:
+    """Random search whose draw for trial *n* depends only on (seed, n).
+
+    Several workers on one study therefore propose the same points a single worker would,
+    and never the same point twice by sharing a seed.
+    """
+
+    def __new__(cls, seed: int | None) -> Any:  # build a real RandomSampler subclass lazily
+        import optuna
+
+        class _Sampler(optuna.samplers.RandomSampler):
+            def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+                if seed is not None:
+                    self._rng.rng.seed((seed * 1_000_003 + trial.number) % 2**32)
+
+        return _Sampler(seed=seed)

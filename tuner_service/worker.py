@@ -1,0 +1,282 @@
+"""The worker loop: claim a WAITING trial, run it, tell the result; heartbeat while it runs.
+
+One worker process serves many trials (imports, user code and data are loaded once). Any
+process that can reach the storage can run one (``tuner-service worker NAME``); ``submit
+--workers N`` starts N of them; an agent starts one per GPU slot.
+
+Failure handling, by cause:
+
+- the model raised, diverged or does not log the objective -> the trial is FAIL with the
+  reason in ``user_attrs["fail_reason"]`` (and the traceback); the worker carries on; after
+  ``MAX_CONSECUTIVE_FAILURES`` in a row the study is marked aborted (keras-tuner's
+  ``max_consecutive_failed_trials``);
+- the worker is stopped (SIGTERM/SIGINT) -> the running trial is failed at once and a copy
+  with the same parameters is re-queued ("handed back");
+- the worker dies (SIGKILL, OOM, machine lost) -> its heartbeat goes stale; the next worker
+  that looks fails the trial and re-queues it (Optuna's ``fail_stale_trials``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from tuner_service import study as study_mod
+from tuner_service.errors import BadInput, StudyAborted, TrialError
+from tuner_service.storage import HEARTBEAT_INTERVAL, open_storage
+
+if TYPE_CHECKING:
+    import optuna
+
+_log = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_FAILURES = int(os.environ.get("TUNER_SERVICE_MAX_CONSECUTIVE_FAILURES", "3"))
+POLL_SECONDS = 1.0
+
+
+@dataclass
+class WorkerOptions:
+    index: int = 0
+    threads: int | None = None
+    max_trials: int | None = None  # recycle the process after this many trials
+    slot: str | None = None  # agent slot label, recorded per trial
+    poll: float = POLL_SECONDS
+
+
+class Worker:
+    """Runs trials of one study until its budget is spent (or it is told to stop)."""
+
+    def __init__(self, study_name: str, storage_url: str | None, options: WorkerOptions | None = None,
+                 *, runner: Any = None) -> None:
+        self.options = options or WorkerOptions()
+        self.storage = open_storage(storage_url, heartbeat=True, create=False)
+        probe = study_mod.load(self.storage, study_name)
+        self.spec = study_mod.stored_spec(probe)
+        check_code_identity(probe)
+        from tuner_service import tuners
+
+        sampler, pruner = tuners.make(self.spec, worker=self.options.index)
+        self.study = study_mod.load(self.storage, study_name, sampler=sampler, pruner=pruner)
+        self.prune = type(pruner).__name__ != "NopPruner"
+        self._runner = runner
+        self._stop = threading.Event()
+        self._current: optuna.Trial | None = None
+        self.trials_run = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def runner(self) -> Any:
+        if self._runner is None:
+            from tuner_service.runner import TrialRunner, configure_threads
+
+            configure_threads(self.options.threads)
+            self._runner = TrialRunner(self.spec)
+        return self._runner
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: stop claiming, and hand the running trial back at once."""
+        from tuner_service.runner import TrialInterrupted
+
+        def handler(signum: int, _frame: Any) -> None:
+            self._stop.set()
+            if self._current is not None:
+                raise TrialInterrupted(signal.Signals(signum).name)
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self, on_trial_done: Callable[[Any], None] | None = None) -> int:
+        """Claim and run trials until none is left; returns how many this worker ran."""
+        import optuna
+
+        consecutive_failures = 0
+        while not self._stop.is_set():
+            optuna.storages.fail_stale_trials(self.study)
+            if self._expired() or self.study.user_attrs.get(study_mod.ABORTED_ATTR):
+                break
+            trial = claim(self.study)
+            if trial is None:
+                counts = study_mod.Counts.of(self.study.get_trials(deepcopy=False))
+                if counts.running == 0 and counts.waiting == 0:
+                    break
+                # Others are still running: one may die and be re-queued; wait for it.
+                self._stop.wait(self.options.poll)
+                continue
+            state = self.run_trial(trial)
+            self.trials_run += 1
+            if on_trial_done:
+                on_trial_done(state)
+            consecutive_failures = consecutive_failures + 1 if state == "FAIL" else 0
+            if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                reason = f"{consecutive_failures} consecutive trials failed; see `tuner-service trials {self.spec.name}`"
+                self.study.set_user_attr(study_mod.ABORTED_ATTR, reason)
+                raise StudyAborted(f"study {self.spec.name!r} stopped: {reason}")
+            if self.options.max_trials and self.trials_run >= self.options.max_trials:
+                break
+        return self.trials_run
+
+    def _expired(self) -> bool:
+        timeout = self.spec.budget.timeout
+        if not timeout:
+            return False
+        import datetime as dt
+
+        started = dt.datetime.fromisoformat(self.study.user_attrs["submitted_at"])
+        return (dt.datetime.now(dt.timezone.utc) - started).total_seconds() > timeout
+
+    # ------------------------------------------------------------------ one trial
+
+    def run_trial(self, trial: optuna.Trial) -> str:
+        """Run one claimed trial and record its outcome; returns the final state name."""
+        from optuna.trial import TrialState
+
+        from tuner_service.retry import requeue
+        from tuner_service.runner import TrialInterrupted
+
+        storage, tid = self.storage, trial._trial_id
+        runner = self.runner
+        beat = Heartbeat(storage, tid)
+        self._current = trial
+        try:
+            beat.start()
+            for key, value in self._run_attrs(runner).items():
+                storage.set_trial_user_attr(tid, key, value)
+            outcome = runner.run(trial, prune=self.prune)
+            self._current = None
+            for key, value in outcome.attrs.items():
+                storage.set_trial_user_attr(tid, key, value)
+            storage.set_trial_user_attr(tid, "finished_at_unix", time.time())
+            if outcome.pruned:
+                self.study.tell(trial, state=TrialState.PRUNED)
+                return "PRUNED"
+            self.study.tell(trial, outcome.value)
+            return "COMPLETE"
+        except TrialInterrupted as exc:
+            self._current = None
+            self.study.tell(trial, state=TrialState.FAIL)
+            requeue(self.study, self.storage.get_trial(tid), reason=f"worker stopped ({exc})")
+            return "HANDED_BACK"
+        except (TrialError, BadInput) as exc:
+            self._current = None
+            storage.set_trial_user_attr(tid, "fail_reason", str(exc))
+            storage.set_trial_user_attr(tid, "traceback", traceback.format_exc()[-8000:])
+            self.study.tell(trial, state=TrialState.FAIL)
+            return "FAIL"
+        finally:
+            self._current = None
+            beat.stop()
+
+    def _run_attrs(self, runner: Any) -> dict[str, Any]:
+        attrs = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "worker": self.options.index,
+            "device": runner.device,
+            "keras_backend": runner.backend,
+            "started_at_unix": time.time(),
+        }
+        if self.options.slot is not None:
+            attrs["slot"] = self.options.slot
+            attrs["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return attrs
+
+
+def claim(study: optuna.Study) -> optuna.Trial | None:
+    """Atomically take one WAITING trial (WAITING -> RUNNING), or None when there is none.
+
+    The same transition as ``Study.ask``'s queue pop, but never creating a new trial: the
+    WAITING trials are the budget.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    for frozen in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(study, frozen._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def check_code_identity(study: optuna.Study) -> None:
+    """Refuse to run a study whose model source here differs from the submitted one."""
+    from tuner_service.spec import code_hash
+
+    expected = study.user_attrs.get(study_mod.CODE_HASH_ATTR)
+    spec = study_mod.stored_spec(study)
+    try:
+        actual = code_hash(spec.model)
+    except BadInput as exc:
+        raise BadInput(f"study {study.study_name!r}: {exc} (this machine needs the same code checkout)") from None
+    if expected and actual != expected:
+        raise BadInput(
+            f"study {study.study_name!r}: model source {spec.model.split(':')[0]!r} here differs from the "
+            f"submitted one (sha256 {actual[:12]} != {expected[:12]}); check out the submitted version of the code"
+        )
+
+
+class Heartbeat:
+    """Records the trial's heartbeat every interval from a daemon thread while it runs."""
+
+    def __init__(self, storage: Any, trial_id: int, interval: float = HEARTBEAT_INTERVAL) -> None:
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{trial_id}", daemon=True)
+
+    def start(self) -> None:
+        self.storage.record_heartbeat(self.trial_id)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as exc:  # the storage may be briefly down; the next beat retries
+                _log.warning("heartbeat for trial %s failed: %s", self.trial_id, exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tuner_service.worker NAME [--storage URL] [--index I] [--threads T]``."""
+    import argparse
+
+    from tuner_service.storage import mask_password
+
+    p = argparse.ArgumentParser(prog="tuner_service.worker")
+    p.add_argument("study")
+    p.add_argument("--storage")
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--max-trials", type=int)
+    p.add_argument("--slot")
+    args = p.parse_args(argv)
+    try:
+        worker = Worker(args.study, args.storage, WorkerOptions(
+            index=args.index, threads=args.threads, max_trials=args.max_trials, slot=args.slot))
+        worker.install_signal_handlers()
+        worker.run()
+    except (BadInput, StudyAborted) as exc:
+        print(f"error: {mask_password(str(exc))}", flush=True)
+        return getattr(exc, "exit_code", 2)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

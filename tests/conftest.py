@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pytest
 
+# Tests that compute reference results in-process (GridSearchCV) need the same TensorFlow
+# settings as the service's workers.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 MODELS = Path(__file__).parent / "models"
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
 

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -62,7 +63,7 @@ def test_hyperband_prunes(workdir):
     assert len(study.trials) == 17
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     assert pruned, "hyperband pruned nothing"
-    assert all(len(t.intermediate_values) < 9 for t in pruned)
+    assert all(len(t.intermediate_values) < 9 for t in pruned), "a trial that ran every epoch is COMPLETE"
     assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
 
 
@@ -93,7 +94,7 @@ def test_hypermodel_tuning_fit_and_queries(workdir):
     assert status["state"] == "done" and status["best_trial"] == study.best_trial.number
 
     # Optuna's own CLI and SQL read the same tables: no private format.
-    optuna_cli = subprocess.run([sys.executable, "-m", "optuna", "best-trial", "--study-name", "hm", "--storage", db,
+    optuna_cli = subprocess.run([str(Path(sys.executable).parent / "optuna"), "best-trial", "--study-name", "hm", "--storage", db,
                                  "-f", "json"], cwd=workdir, capture_output=True, text=True)
     assert optuna_cli.returncode == 0, optuna_cli.stderr
     assert json.loads(optuna_cli.stdout)["number"] == study.best_trial.number
@@ -112,9 +113,9 @@ def test_failing_trials_are_recorded_and_the_worker_goes_on(workdir):
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(study.trials) == 6 and failed and complete
-    assert all(t.params["lr"] == 1e12 for t in failed)
-    assert all("nan" in t.user_attrs["fail_reason"] or "inf" in t.user_attrs["fail_reason"] for t in failed)
-    assert all(t.params["lr"] == 1e-2 for t in complete)
+    assert all(t.params["poison"] for t in failed)
+    assert all("is nan at epoch 1" in t.user_attrs["fail_reason"] for t in failed)
+    assert not any(t.params["poison"] for t in complete)
 
 
 def test_builder_that_always_raises_is_rejected_before_writing(workdir):

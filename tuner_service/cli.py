@@ -206,6 +206,11 @@ def trials(
     """Every trial of a study (or the --top K best)."""
     from tuner_service import service
 
+    if format is Format.csv and top is None:
+        grid_rows = service.cv_results(study, storage)
+        if grid_rows is not None:  # a grid study exports GridSearchCV's cv_results_ table
+            _emit([{k: v for k, v in r.items() if k != "params"} for r in grid_rows], format)
+            return
     rows = service.trials(study, storage, top=top)
     params = sorted({p for r in rows for p in r["params"]})
     flat = [{**{k: v for k, v in r.items() if k != "params"}, **{f"param_{p}": r["params"].get(p) for p in params}}

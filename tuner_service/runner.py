@@ -37,6 +37,27 @@ def configure_threads(threads: int | None) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
+def configure_gpu() -> None:
+    """Memory growth on every visible GPU, and a cap when the agent shares a GPU between
+    runners (``TUNER_SERVICE_GPU_MEMORY_MB``). TensorFlow only; JAX gets its settings from
+    the environment the agent sets (``XLA_PYTHON_CLIENT_PREALLOCATE=false``)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    cap = os.environ.get("TUNER_SERVICE_GPU_MEMORY_MB")
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            if cap:
+                tf.config.set_logical_device_configuration(gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=int(cap))])
+            else:
+                tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised in this process: settings are fixed
+            pass
+
+
 def import_user_object(ref: str) -> Any:
     """Import ``path/to/file.py:name`` or ``package.module:name``."""
     import importlib
@@ -121,9 +142,11 @@ def _make_reporter(keras: Any) -> Any:
     class EpochReporter(keras.callbacks.Callback):
         """Reports the objective after every epoch and stops training when pruned."""
 
-        def __init__(self, trial: optuna.Trial | None, objective: str, maximize: bool, prune: bool) -> None:
+        def __init__(self, trial: optuna.Trial | None, objective: str, maximize: bool, prune: bool,
+                     epochs: int = 0) -> None:
             super().__init__()
             self.trial, self.objective, self.maximize, self.prune = trial, objective, maximize, prune
+            self.epochs = epochs
             self.history: dict[str, list[float]] = {}
             self.best: float | None = None
             self.best_epoch: int | None = None
@@ -149,7 +172,8 @@ def _make_reporter(keras: Any) -> Any:
                 self.best, self.best_epoch = value, step
             if self.trial is not None:
                 self.trial.report(value, step)
-                if self.prune and self.trial.should_prune():
+                # After the last epoch there is nothing left to save: the trial completed.
+                if self.prune and step < self.epochs and self.trial.should_prune():
                     self.pruned = True
                     self.model.stop_training = True
 
@@ -164,6 +188,7 @@ class TrialRunner:
 
         from tuner_service import data as data_mod
 
+        configure_gpu()
         self.keras = keras
         self.spec = spec
         self.data = data if data is not None else data_mod.load(spec.data, spec.seed)
@@ -226,7 +251,8 @@ class TrialRunner:
         started = time.perf_counter()
         try:
             model = self.build(hp)
-            reporter = self._reporter_cls(trial, self.spec.objective.name, self.spec.maximize, prune)
+            reporter = self._reporter_cls(trial, self.spec.objective.name, self.spec.maximize, prune,
+                                          self.spec.epochs)
             t0 = time.perf_counter()
             result = self.fit(hp, model, reporter, x=d.x_train, y=d.y_train,
                               validation_data=(d.x_val, d.y_val), epochs=self.spec.epochs,

@@ -240,12 +240,22 @@ def trials(name: str, storage_url: str | None = None, *, top: int | None = None)
     return [study_mod.trial_row(t) for t in all_trials]
 
 
+def cv_results(name: str, storage_url: str | None = None) -> list[dict[str, Any]] | None:
+    """For grid studies: rows shaped like ``GridSearchCV.cv_results_``; None for other tuners."""
+    study = _open(storage_url, name)
+    if study.user_attrs.get("tuner") != "grid":
+        return None
+    from tuner_service.tuners.grid import cv_results_rows
+
+    return cv_results_rows(study.get_trials(deepcopy=False))
+
+
 def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:
     import optuna
 
     storage = open_storage(storage_url, create=False)
     rows = []
-    for s in optuna.get_all_studies(storage):
+    for s in storage.get_all_studies():
         study = optuna.load_study(study_name=s.study_name, storage=storage)
         c = study_mod.Counts.of(study.get_trials(deepcopy=False), maximize=s.direction.name == "MAXIMIZE")
         rows.append({

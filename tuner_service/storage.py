@@ -127,6 +127,7 @@ def open_storage(
 
     # Heartbeats and fail_stale_trials are marked experimental; we rely on them on purpose.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # we report progress ourselves
     url = resolve_url(url)
     check_url(url)
     path = sqlite_path(url)

@@ -99,7 +99,7 @@ def load(storage: Any, name: str, *, sampler: Any = None, pruner: Any = None) ->
     import optuna
 
     if not study_exists(storage, name):
-        names = sorted(s.study_name for s in optuna.get_all_studies(storage))
+        names = sorted(s.study_name for s in storage.get_all_studies())
         hint = f"; studies here: {', '.join(names[:10])}" if names else "; this storage has no studies"
         raise BadInput(f"no study named {name!r}{hint}")
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)

@@ -46,6 +46,7 @@ class WorkerOptions:
     index: int = 0
     threads: int | None = None
     max_trials: int | None = None  # recycle the process after this many trials
+    memory_limit_mb: int | None = None  # ... or once its resident memory exceeds this
     slot: str | None = None  # agent slot label, recorded per trial
     poll: float = POLL_SECONDS
 
@@ -75,10 +76,12 @@ class Worker:
     @property
     def runner(self) -> Any:
         if self._runner is None:
+            from tuner_service import tuners
             from tuner_service.runner import TrialRunner, configure_threads
 
             configure_threads(self.options.threads)
-            self._runner = TrialRunner(self.spec)
+            runner_cls = tuners.get(self.spec.tuner.name).runner or TrialRunner
+            self._runner = runner_cls(self.spec)
         return self._runner
 
     def stop(self) -> None:
@@ -123,6 +126,9 @@ class Worker:
                 self.study.set_user_attr(study_mod.ABORTED_ATTR, reason)
                 raise StudyAborted(f"study {self.spec.name!r} stopped: {reason}")
             if self.options.max_trials and self.trials_run >= self.options.max_trials:
+                break
+            if self.options.memory_limit_mb and rss_mb() > self.options.memory_limit_mb:
+                _log.info("recycling: resident memory %.0f MB > %d MB", rss_mb(), self.options.memory_limit_mb)
                 break
         return self.trials_run
 
@@ -190,6 +196,15 @@ class Worker:
             attrs["slot"] = self.options.slot
             attrs["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
         return attrs
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MB (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def claim(study: optuna.Study) -> optuna.Trial | None:
@@ -264,10 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int)
     p.add_argument("--max-trials", type=int)
     p.add_argument("--slot")
+    p.add_argument("--memory-limit-mb", type=int)
     args = p.parse_args(argv)
     try:
         worker = Worker(args.study, args.storage, WorkerOptions(
-            index=args.index, threads=args.threads, max_trials=args.max_trials, slot=args.slot))
+            index=args.index, threads=args.threads, max_trials=args.max_trials, slot=args.slot,
+            memory_limit_mb=args.memory_limit_mb))
         worker.install_signal_handlers()
         worker.run()
     except (BadInput, StudyAborted) as exc:

@@ -56,9 +56,26 @@ def raises(hp):
 
 
 def nan_sometimes(hp):
-    """Diverges (NaN loss) when the learning rate is huge; fine otherwise."""
-    lr = hp.Choice("lr", [1e-2, 1e12])
+    """Produces a NaN loss when hp "poison" is on; a normal model otherwise."""
+    poison = hp.Boolean("poison")
     model = keras.Sequential([keras.layers.Input(shape=(8, 8)), keras.layers.Flatten(), keras.layers.Dense(10)])
-    model.compile(optimizer=keras.optimizers.SGD(lr), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    if poison:
+        model.add(keras.layers.Lambda(lambda x: x * float("nan")))
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     return model
+
+
+class Slow(kt.HyperModel):
+    """Sleeps before fitting when $TUNER_TEST_SLEEP is set (not in the submit-time check), so
+    tests can catch trials while they run."""
+
+    def build(self, hp):
+        return build_model(hp)
+
+    def fit(self, hp, model, *args, **kwargs):
+        import os
+        import time
+
+        time.sleep(float(os.environ.get("TUNER_TEST_SLEEP", "0")))
+        return model.fit(*args, **kwargs)

@@ -50,9 +50,18 @@ class BayesianOptions(_Options):
 
 @dataclass(frozen=True)
 class Tuner:
+    """A search strategy: its options, its sampler/pruner, and optional hooks.
+
+    ``prepare(spec) -> (runner or None, extra study attrs, points or None)`` replaces the
+    default submit-time check (and may fix the points to enqueue); ``runner`` replaces
+    ``runner.TrialRunner`` in workers.
+    """
+
     options: type[_Options]
     build: Callable[[StudySpec, int], tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]]
     summary: str
+    prepare: Callable[[StudySpec], tuple[Any, dict[str, Any], list[dict[str, Any]] | None]] | None = None
+    runner: Any = None
 
 
 def _random(spec: StudySpec, worker: int) -> tuple[Any, Any]:
@@ -172,6 +181,9 @@ class TrialSeededRandomSampler:
         class _Sampler(optuna.samplers.RandomSampler):
             def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
                 if seed is not None:
-                    self._rng.rng.seed((seed * 1_000_003 + trial.number) % 2**32)
+                    import numpy as np
+
+                    # SeedSequence mixes (seed, n): consecutive raw seeds give correlated first draws.
+                    self._rng.rng.seed(int(np.random.SeedSequence([seed, trial.number]).generate_state(1)[0]))
 
         return _Sampler(seed=seed)

@@ -1,0 +1,159 @@
+"""The agent: GPU slots (faked nvidia-smi), pinning, concurrency, crash recovery, hand-back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import ENV, MODELS, cli, write_study
+
+SLOW = f"{MODELS / 'tiny.py'}:Slow"
+
+
+def _fake_nvidia_smi(directory):
+    bin_dir = directory / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "nvidia-smi"
+    script.write_text('#!/bin/sh\ncase "$*" in *memory.total*) echo 16000;; *) printf "0\\n1\\n";; esac\n')
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return bin_dir
+
+
+def _spawn(args, cwd, env=None):
+    return subprocess.Popen([sys.executable, "-m", "tuner_service", *args], cwd=cwd, env={**ENV, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _submit(workdir, name, trials, model=SLOW, epochs=2):
+    study_file = write_study(workdir, name, model=model, budget={"max_trials": trials, "max_epochs": epochs})
+    out = cli("submit", study_file, "--storage", "sqlite:///t.db", "--no-wait", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 't.db'}")
+
+
+def test_detect_gpus_without_tensorflow(tmp_path, monkeypatch):
+    from tuner_service.agent import detect_gpus, make_slots
+
+    monkeypatch.setenv("PATH", f"{_fake_nvidia_smi(tmp_path)}:{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert detect_gpus("all") == ["0", "1"]
+    assert detect_gpus("1") == ["1"]
+    assert detect_gpus("none") == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert detect_gpus("all") == ["1"]
+    slots = make_slots(["0", "1"], 2, None)
+    assert [s.label for s in slots] == ["gpu0/0", "gpu0/1", "gpu1/0", "gpu1/1"]
+    assert [s.cuda_visible_devices for s in slots] == ["0", "0", "1", "1"]
+    assert all(s.memory_mb == int(16000 * 0.9 / 2) for s in slots)
+    assert [s.cuda_visible_devices for s in make_slots([], 1, 3)] == ["", "", ""]
+    assert "tensorflow" not in sys.modules or True  # the agent module itself imports no framework
+    code = "import sys, tuner_service.agent; print('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV).stdout.strip() == "False"
+
+
+def test_agent_runs_four_trials_at_once_on_two_fake_gpus(workdir):
+    study = _submit(workdir, "gpu", 4)
+    env = {"PATH": f"{_fake_nvidia_smi(workdir)}:{os.environ['PATH']}", "TUNER_TEST_SLEEP": "8"}
+    agent = _spawn(["agent", "--gpus", "0,1", "--trials-per-gpu", "2", "--once", "--storage", "sqlite:///t.db"],
+                   workdir, env)
+    out, _ = agent.communicate(timeout=300)
+    assert agent.returncode == 0, out
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, out
+    assert sorted(t.user_attrs["slot"] for t in trials) == ["gpu0/0", "gpu0/1", "gpu1/0", "gpu1/1"]
+    assert sorted(t.user_attrs["cuda_visible_devices"] for t in trials) == ["0", "0", "1", "1"]
+    # All four ran at the same time: their running intervals overlap.
+    assert max(t.datetime_start for t in trials) < min(t.datetime_complete for t in trials)
+    assert len({t.user_attrs["pid"] for t in trials}) == 4
+
+
+def test_agent_refuses_a_study_whose_code_changed(workdir):
+    model_file = workdir / "m.py"
+    model_file.write_text((MODELS / "tiny.py").read_text())
+    study = _submit(workdir, "changed", 1, model=f"{model_file}:build_model")
+    model_file.write_text(model_file.read_text() + "\n# edited after submit\n")
+    agent = _spawn(["agent", "--gpus", "none", "--once", "--storage", "sqlite:///t.db"], workdir)
+    out, _ = agent.communicate(timeout=120)
+    assert agent.returncode == 0, out
+    assert "refusing study 'changed'" in out and "differs from the submitted one" in out
+    assert [t.state for t in study.get_trials()] == [TrialState.WAITING]
+
+
+def _wait_for_running(study, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = [t for t in study.get_trials() if t.state == TrialState.RUNNING and "pid" in t.user_attrs]
+        if running and running[0].params:
+            return running[0]
+        time.sleep(0.3)
+    raise AssertionError("no trial started running")
+
+
+@pytest.mark.slow
+def test_killed_runner_fails_only_its_trial_and_the_retry_completes(workdir):
+    study = _submit(workdir, "kill", 3)
+    agent = _spawn(["agent", "--gpus", "none", "--once", "--storage", "sqlite:///t.db"], workdir,
+                   {"TUNER_TEST_SLEEP": "4"})
+    victim = _wait_for_running(study)
+    os.kill(victim.user_attrs["pid"], signal.SIGKILL)
+    killed_at = time.monotonic()
+    deadline = killed_at + 30
+    while study.get_trials()[victim.number].state == TrialState.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert study.get_trials()[victim.number].state == TrialState.FAIL
+    assert time.monotonic() - killed_at < 30
+    out, _ = agent.communicate(timeout=300)
+    assert agent.returncode == 0, out
+    trials = study.get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3 and all(t.state != TrialState.RUNNING for t in trials)
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retry) == 1 and retry[0].params == victim.params and retry[0].state == TrialState.COMPLETE
+    assert "runner process died" in trials[victim.number].user_attrs["fail_reason"]
+
+
+@pytest.mark.slow
+def test_sigterm_hands_the_running_trial_back(workdir):
+    study = _submit(workdir, "term", 2)
+    worker = _spawn(["worker", "term", "--storage", "sqlite:///t.db"], workdir, {"TUNER_TEST_SLEEP": "30"})
+    victim = _wait_for_running(study)
+    t0 = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    worker.communicate(timeout=60)
+    assert time.monotonic() - t0 < 10, "the trial must be handed back, not waited out"
+    trials = study.get_trials()
+    assert trials[victim.number].state == TrialState.FAIL
+    assert "worker stopped (SIGTERM)" in trials[victim.number].user_attrs["fail_reason"]
+    assert not any(t.state == TrialState.COMPLETE for t in trials)
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(waiting) == 2 and any(t.params == victim.params for t in waiting)
+    # Starting again continues to exactly the budget.
+    again = cli("worker", "term", "--storage", "sqlite:///t.db", cwd=workdir)
+    assert again.returncode == 0, again.stderr
+    states = [t.state for t in study.get_trials()]
+    assert states.count(TrialState.COMPLETE) == 2 and TrialState.WAITING not in states
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_is_recovered_by_heartbeat(workdir):
+    study = _submit(workdir, "hb", 2)
+    env = {"TUNER_SERVICE_HEARTBEAT_INTERVAL": "1", "TUNER_SERVICE_HEARTBEAT_GRACE": "3", "TUNER_TEST_SLEEP": "3"}
+    first = _spawn(["worker", "hb", "--storage", "sqlite:///t.db"], workdir, env)
+    victim = _wait_for_running(study)
+    first.kill()
+    first.wait()
+    second = cli("worker", "hb", "--storage", "sqlite:///t.db", cwd=workdir, env=env)
+    assert second.returncode == 0, second.stderr
+    trials = study.get_trials()
+    assert trials[victim.number].state == TrialState.FAIL
+    assert trials[victim.number].user_attrs["fail_reason"] == "heartbeat stale"
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 2
+    assert not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)

@@ -1,0 +1,266 @@
+"""The agent: one long-running process per machine that keeps every GPU slot busy.
+
+It never imports TensorFlow. It detects GPUs with ``nvidia-smi`` (or honours
+``CUDA_VISIBLE_DEVICES``), makes K slots per GPU (or N CPU slots), and starts one *runner*
+per slot: a ``tuner_service.worker`` subprocess pinned with ``CUDA_VISIBLE_DEVICES`` before
+Keras is imported, with memory growth on and, when several runners share a GPU, a memory
+cap. A runner serves up to ``--recycle-after`` trials of one study (imports and data paid
+once), then exits so its GPU memory is really returned; the agent then gives the slot to
+whichever study should have it next:
+
+- highest ``priority`` first, then FIFO by submission;
+- among studies of equal priority, the one with the fewest runners now (fair share).
+
+A runner that dies mid-trial (segfault, OOM kill, SIGKILL) costs only that trial: the agent
+fails it at once and re-queues its parameters (without waiting for the heartbeat grace that
+covers a lost machine), then starts a new runner. On SIGINT/SIGTERM the agent asks every
+runner to stop; runners hand their running trials back (re-queued) and exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tuner_service import study as study_mod
+from tuner_service.errors import BadInput
+from tuner_service.storage import mask_password, open_storage, resolve_url
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+_log = logging.getLogger(__name__)
+POLL_SECONDS = float(os.environ.get("TUNER_SERVICE_AGENT_POLL", "1.0"))
+
+
+@dataclass
+class Slot:
+    label: str  # "gpu0/1" or "cpu/0"
+    cuda_visible_devices: str  # "" hides every GPU
+    memory_mb: int | None = None  # per-runner GPU memory cap when a GPU is shared
+    runner: subprocess.Popen[bytes] | None = None
+    log: Any = None
+    study: str | None = None
+    started: float = 0.0
+
+
+@dataclass
+class AgentState:
+    refused: dict[str, str] = field(default_factory=dict)  # study -> reason (code mismatch...)
+
+
+def detect_gpus(spec: str) -> list[str]:
+    """GPU ids from ``--gpus`` (``all`` | ``none`` | ``0,1``), without importing a framework."""
+    spec = spec.strip().lower()
+    if spec == "none":
+        return []
+    if spec != "all":
+        ids = [g.strip() for g in spec.split(",") if g.strip()]
+        if not ids or not all(g.isdigit() for g in ids):
+            raise BadInput(f"--gpus {spec!r} is not valid; use all, none or a list like 0,1")
+        return ids
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip().isdigit()]
+
+
+def gpu_memory_mb(gpu: str) -> int | None:
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", f"--id={gpu}", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        return int(float(out.strip().splitlines()[0]))
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+        return None
+
+
+def make_slots(gpus: list[str], trials_per_gpu: int, cpu_slots: int | None) -> list[Slot]:
+    if not gpus:
+        return [Slot(label=f"cpu/{i}", cuda_visible_devices="") for i in range(cpu_slots or 1)]
+    slots = []
+    for g in gpus:
+        total = gpu_memory_mb(g) if trials_per_gpu > 1 else None
+        cap = int(total * 0.9 / trials_per_gpu) if total else None
+        slots += [Slot(label=f"gpu{g}/{k}", cuda_visible_devices=g, memory_mb=cap) for k in range(trials_per_gpu)]
+    return slots
+
+
+class Agent:
+    def __init__(self, storage_url: str | None, slots: list[Slot], *, studies: list[str] | None = None,
+                 max_trials_per_runner: int = 50, memory_limit_mb: int | None = None,
+                 console: Console | None = None) -> None:
+        self.url = resolve_url(storage_url)
+        self.storage = open_storage(self.url, heartbeat=True, create=False)
+        self.slots = slots
+        self.only = set(studies or [])
+        self.max_trials_per_runner = max_trials_per_runner
+        self.memory_limit_mb = memory_limit_mb
+        self.console = console
+        self.state = AgentState()
+        self._stopping = False
+        self.host = socket.gethostname()
+
+    # ------------------------------------------------------------------ scheduling
+
+    def active_studies(self) -> list[tuple[int, str, str]]:
+        """(priority, submitted_at, name) of studies with budget left, best first."""
+        from optuna.trial import TrialState
+
+        out = []
+        for s in self.storage.get_all_studies():
+            name = s.study_name
+            if self.only and name not in self.only:
+                continue
+            attrs = s.user_attrs
+            if not attrs.get(study_mod.READY_ATTR) or attrs.get(study_mod.ABORTED_ATTR) or name in self.state.refused:
+                continue
+            waiting = self.storage.get_all_trials(s._study_id, deepcopy=False, states=(TrialState.WAITING,))
+            if not waiting:
+                continue
+            priority = int((attrs.get(study_mod.SPEC_ATTR) or {}).get("priority", 0))
+            out.append((priority, attrs.get("submitted_at", ""), name))
+        out.sort(key=lambda x: (-x[0], x[1]))
+        return out
+
+    def choose(self, active: list[tuple[int, str, str]]) -> str | None:
+        if not active:
+            return None
+        top = active[0][0]
+        candidates = [a for a in active if a[0] == top]
+        load = {name: sum(1 for s in self.slots if s.study == name and s.runner is not None) for _, _, name in candidates}
+        # Fewest runners first; FIFO among equals (candidates are already in submission order).
+        return min(candidates, key=lambda a: load[a[2]])[2]
+
+    # ------------------------------------------------------------------ runners
+
+    def start_runner(self, slot: Slot, study: str) -> None:
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": slot.cuda_visible_devices,
+               "TF_FORCE_GPU_ALLOW_GROWTH": "true", "TF_CPP_MIN_LOG_LEVEL": "3"}
+        if slot.memory_mb:
+            env["TUNER_SERVICE_GPU_MEMORY_MB"] = str(slot.memory_mb)
+            env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        cmd = [sys.executable, "-m", "tuner_service.worker", study, "--storage", self.url, "--slot", slot.label,
+               "--max-trials", str(self.max_trials_per_runner)]
+        if self.memory_limit_mb:
+            cmd += ["--memory-limit-mb", str(self.memory_limit_mb)]
+        if not slot.cuda_visible_devices:
+            cmd += ["--threads", str(max(1, (os.cpu_count() or 1) // len(self.slots)))]
+        # Output goes to a file, not a pipe: a chatty runner must never block on a full pipe.
+        slot.log = tempfile.TemporaryFile()
+        slot.runner = subprocess.Popen(cmd, env=env, stdout=slot.log, stderr=subprocess.STDOUT)
+        slot.study, slot.started = study, time.time()
+        self._say(f"slot {slot.label}: runner pid {slot.runner.pid} on study {study!r}")
+
+    def reap(self, slot: Slot) -> None:
+        """Handle a finished runner: re-queue a trial it died in; remember refusals."""
+        proc = slot.runner
+        assert proc is not None
+        code = proc.returncode
+        output = ""
+        if slot.log is not None:
+            slot.log.seek(0)
+            output = slot.log.read().decode(errors="replace")
+            slot.log.close()
+            slot.log = None
+        if code == 2 and slot.study:  # BadInput: e.g. the local code differs from the submitted code
+            reason = output.strip().splitlines()[-1] if output.strip() else "runner refused the study"
+            self.state.refused[slot.study] = reason
+            self._say(f"refusing study {slot.study!r}: {mask_password(reason)}")
+        elif code not in (0, None) and code != 3:
+            self._say(f"slot {slot.label}: runner pid {proc.pid} died (exit {code}); re-queueing its trial")
+            self.requeue_trials_of(proc.pid, slot.study)
+        slot.runner, slot.study = None, None
+
+    def requeue_trials_of(self, pid: int, study_name: str | None) -> None:
+        import optuna
+        from optuna.trial import TrialState
+
+        from tuner_service.retry import requeue
+
+        if study_name is None:
+            return
+        study = optuna.load_study(study_name=study_name, storage=self.storage)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.user_attrs.get("pid") == pid and t.user_attrs.get("host") == self.host:
+                try:
+                    if self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                        requeue(study, self.storage.get_trial(t._trial_id), reason="runner process died")
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # a heartbeat check got there first
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self, *, once: bool = False) -> None:
+        def stop(signum: int, _frame: Any) -> None:
+            self._stopping = True
+
+        old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._say(f"agent on {self.host}: {len(self.slots)} slot(s) "
+                  f"[{', '.join(s.label for s in self.slots)}], storage {mask_password(self.url)}")
+        try:
+            while not self._stopping:
+                for slot in self.slots:
+                    if slot.runner is not None and slot.runner.poll() is not None:
+                        self.reap(slot)
+                active = self.active_studies()
+                for slot in self.slots:
+                    if slot.runner is None and not self._stopping:
+                        study = self.choose(active)
+                        if study is not None:
+                            self.start_runner(slot, study)
+                if once and not active and all(s.runner is None for s in self.slots):
+                    break
+                time.sleep(POLL_SECONDS)
+        finally:
+            self.shutdown()
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def shutdown(self, grace: float = 30.0) -> None:
+        running = [s for s in self.slots if s.runner is not None and s.runner.poll() is None]
+        for s in running:
+            s.runner.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        deadline = time.monotonic() + grace
+        for s in running:
+            try:
+                s.runner.wait(max(0.1, deadline - time.monotonic()))  # type: ignore[union-attr]
+            except subprocess.TimeoutExpired:
+                s.runner.kill()  # type: ignore[union-attr]
+                s.runner.wait()  # type: ignore[union-attr]
+        for s in self.slots:
+            if s.runner is not None:
+                self.reap(s)
+        self._say("agent stopped")
+
+    def _say(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text)
+        _log.info(text)
+
+
+def run_agent(storage_url: str | None, *, gpus: str, trials_per_gpu: int, slots: int | None, studies: list[str],
+              max_trials_per_runner: int, memory_limit_mb: int | None, once: bool, console: Console | None) -> None:
+    ids = detect_gpus(gpus)
+    if slots is not None and ids:
+        raise BadInput("--slots is for CPU slots; use it with --gpus none (GPU slots come from --trials-per-gpu)")
+    agent = Agent(storage_url, make_slots(ids, trials_per_gpu, slots), studies=studies,
+                  max_trials_per_runner=max_trials_per_runner, memory_limit_mb=memory_limit_mb, console=console)
+    agent.run(once=once)

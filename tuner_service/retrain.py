@@ -1,0 +1,234 @@
+"""Retrain a trial's configuration on train + validation, evaluate once on test, keep the model.
+
+Rules (also in the README):
+
+- **Which trial**: the best COMPLETE trial, or ``--trial N`` (which must be COMPLETE).
+- **Epochs** (``--epochs auto``): the trial's best epoch, unscaled. Of the two standard ways
+  to reuse an early-stopping point on more data (Goodfellow et al., *Deep Learning*, 7.8:
+  the same number of parameter updates, or the same number of passes over the data) we take
+  the same number of passes: it is what keras-tuner users do by hand, and the extra
+  validation samples then add updates rather than being squeezed into fewer epochs.
+- **Seeds** (``--seeds K``): K models trained with seeds ``seed, seed+1, ...``; the metrics
+  report every seed and the mean and standard deviation of each test metric. The saved model
+  is the *first* seed's: picking the best on the test set would make its test score a
+  selection, not an estimate.
+- **Output**: ``DIR/STUDY/retrain-<UTC timestamp>-<id>/`` with ``model.keras`` and
+  ``metrics.json``; a new directory every time, never overwritten.
+- The retrain is recorded in the study (user attr ``retrain``) so ``status`` and the dashboard
+  show the deployed model's test score beside the search's best validation score.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuner_service import study as study_mod
+from tuner_service.errors import BadInput
+from tuner_service.storage import open_storage
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def retrain(
+    study_name: str,
+    storage_url: str | None = None,
+    *,
+    trial: int | None = None,
+    epochs: int | str = "auto",
+    output: str | Path = "models",
+    seeds: int = 1,
+    verbose: int = 0,
+) -> tuple[Any, dict[str, Any]]:
+    """Retrain and evaluate; returns ``(model, metrics)`` where metrics is what metrics.json holds."""
+    from optuna.trial import TrialState
+
+    storage = open_storage(storage_url, create=False)
+    study = study_mod.load(storage, study_name)
+    spec = study_mod.stored_spec(study)
+    if trial is None:
+        chosen = study_mod.best_trial(study)
+    else:
+        matches = [t for t in study.get_trials(deepcopy=False) if t.number == trial]
+        if not matches:
+            raise BadInput(f"study {study_name!r} has no trial {trial}; list them with `tuner-service trials {study_name}`")
+        chosen = matches[0]
+        if chosen.state != TrialState.COMPLETE:
+            raise BadInput(f"trial {trial} of {study_name!r} is {chosen.state.name}, not COMPLETE; "
+                           f"retrain a completed trial (omit --trial for the best one)")
+    n_epochs = _epochs(epochs, chosen)
+    if seeds < 1:
+        raise BadInput(f"--seeds {seeds} is not valid; give 1 or more")
+    run_dir = _new_run_dir(Path(output), study_name)
+
+    from tuner_service.worker import check_code_identity
+
+    check_code_identity(study)
+    if spec.tuner.name == "grid":
+        from tuner_service.tuners.grid import retrain_point
+
+        fit_one = retrain_point(spec, chosen)
+    else:
+        fit_one = _keras_tuner_style(spec, chosen, n_epochs, verbose)
+    results = []
+    first_model = None
+    for k in range(seeds):
+        model, test_metrics, data = fit_one(spec.seed + k)
+        results.append({"seed": spec.seed + k, "test_metrics": test_metrics})
+        if first_model is None:
+            first_model = model
+    first_model.save(run_dir / "model.keras")
+    metrics = _metrics_document(study_name, spec, chosen, n_epochs, data, results, run_dir)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    record = {k: metrics[k] for k in ("test_metrics", "trial", "epochs", "trained_on", "seeds", "created_at")}
+    record["model_path"] = str(run_dir / "model.keras")
+    study.set_user_attr("retrain", record)
+    _upload_artifacts(study, chosen, run_dir)
+    return first_model, metrics
+
+
+def _keras_tuner_style(spec: Any, chosen: Any, n_epochs: int, verbose: int) -> Any:
+    from tuner_service.runner import TrialRunner
+
+    runner = TrialRunner(spec)
+    keras = runner.keras
+    d = runner.data
+    if _len(d.x_test) == 0:
+        raise BadInput(f"study {spec.name!r} has no test split (data.test_split is 0); nothing to evaluate on")
+    x_all, y_all = _concat(d.x_train, d.x_val), _concat(d.y_train, d.y_val)
+
+    def fit_one(seed: int) -> tuple[Any, dict[str, float], Any]:
+        from tuner_service.hp import fixed
+
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(seed)
+        hp = fixed(chosen.params)
+        model = runner.build(hp)
+        runner.hypermodel.fit(hp, model, x_all, y_all, epochs=n_epochs, batch_size=spec.fit.batch_size,
+                              shuffle=spec.fit.shuffle, verbose=verbose)
+        test = model.evaluate(d.x_test, d.y_test, batch_size=spec.fit.batch_size, return_dict=True, verbose=0)
+        return model, {k: float(v) for k, v in test.items()}, d
+
+    return fit_one
+
+
+def _epochs(epochs: int | str, trial: Any) -> int:
+    if isinstance(epochs, str) and epochs != "auto":
+        if not epochs.isdigit() or int(epochs) < 1:
+            raise BadInput(f"--epochs {epochs!r} is not valid; give 'auto' or a positive number")
+        epochs = int(epochs)
+    if epochs == "auto":
+        best = trial.user_attrs.get("best_epoch") or trial.user_attrs.get("epochs_run")
+        if not best:
+            raise BadInput(f"trial {trial.number} recorded no best epoch; pass --epochs N")
+        return int(best)
+    return int(epochs)
+
+
+def _new_run_dir(output: Path, study_name: str) -> Path:
+    base = output / study_name
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        run_dir = base / f"retrain-{stamp}-{uuid.uuid4().hex[:6]}"
+        run_dir.mkdir(exist_ok=False)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise BadInput(f"output directory {str(output)!r} is not writable ({exc.strerror}); pass --output DIR") from None
+    return run_dir
+
+
+def _metrics_document(study_name: str, spec: Any, trial: Any, n_epochs: int, data: Any,
+                      results: list[dict[str, Any]], run_dir: Path) -> dict[str, Any]:
+    first = results[0]["test_metrics"]
+    summary = {}
+    for name in first:
+        values = [r["test_metrics"][name] for r in results]
+        summary[name] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+    return {
+        "study": study_name,
+        "trial": trial.number,
+        "params": trial.params,
+        "search_value": trial.value,
+        "objective": spec.objective.name,
+        "epochs": n_epochs,
+        "trained_on": _len(data.x_train) + _len(data.x_val),
+        "test_samples": _len(data.x_test),
+        "data": {"source": spec.data.source, "hash": data.hash},
+        "test_metrics": first,  # the saved model's (first seed's) metrics
+        "seeds": [r["seed"] for r in results],
+        "per_seed": results,
+        "seed_summary": summary,
+        "model_file": "model.keras",
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "directory": str(run_dir),
+    }
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("tuner-service", "keras", "tensorflow-cpu", "tensorflow", "keras-tuner", "optuna", "scikit-learn",
+                "scikeras", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _upload_artifacts(study: Any, trial: Any, run_dir: Path) -> None:
+    """Attach metrics and model to the source trial when an artifact store is configured."""
+    root = os.environ.get("TUNER_SERVICE_ARTIFACTS")
+    if not root:
+        return
+    import optuna
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    store = FileSystemArtifactStore(root)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    frozen = study._storage.get_trial(trial._trial_id)
+    for name in ("metrics.json", "model.keras"):
+        upload_artifact(artifact_store=store, file_path=str(run_dir / name), study_or_trial=frozen,
+                        storage=study._storage)
+    optuna.logging.get_logger(__name__).debug("retrain artifacts uploaded")
+
+
+def _concat(a: Any, b: Any) -> Any:
+    import numpy as np
+
+    if isinstance(a, (list, tuple)):
+        return type(a)(np.concatenate([x, y]) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return {k: np.concatenate([a[k], b[k]]) for k in a}
+    return np.concatenate([a, b])
+
+
+def _len(x: Any) -> int:
+    from tuner_service.data import _len as length
+
+    return length(x)
+
+
+def retrain_cli(study: str, storage: str | None, *, trial: int | None, epochs: str, output: Path, seeds: int,
+                on_agent: bool, console: Console) -> None:
+    if on_agent:
+        raise BadInput("--on-agent is not available yet; run `tuner-service retrain` on the GPU machine itself")
+    _, m = retrain(study, storage, trial=trial, epochs=epochs, output=output, seeds=seeds, verbose=2)
+    console.print(f"retrained trial #{m['trial']} of {study!r} on {m['trained_on']} samples for {m['epochs']} epochs")
+    for name, value in m["test_metrics"].items():
+        spread = m["seed_summary"][name]
+        extra = f"  (mean {spread['mean']:.4f} ± {spread['std']:.4f} over {len(m['seeds'])} seeds)" if seeds > 1 else ""
+        console.print(f"  test {name}: {value:.4f}{extra}")
+    console.print(f"saved {m['directory']}/model.keras and metrics.json")

@@ -15,6 +15,8 @@ import pytest
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+pytest_plugins = ["pg_server"]  # the throwaway PostgreSQL server: fixtures postgres_server, pg_url
+
 MODELS = Path(__file__).parent / "models"
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
 

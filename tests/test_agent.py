@@ -11,9 +11,8 @@ import time
 
 import optuna
 import pytest
-from optuna.trial import TrialState
-
 from conftest import ENV, MODELS, cli, write_study
+from optuna.trial import TrialState
 
 SLOW = f"{MODELS / 'tiny.py'}:Slow"
 
@@ -154,6 +153,8 @@ def test_sigkilled_worker_is_recovered_by_heartbeat(workdir):
     assert second.returncode == 0, second.stderr
     trials = study.get_trials()
     assert trials[victim.number].state == TrialState.FAIL
-    assert trials[victim.number].user_attrs["fail_reason"] == "heartbeat stale"
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retry) == 1 and retry[0].user_attrs["retry_reason"] == "heartbeat stale"
+    assert retry[0].params == victim.params
     assert [t.state for t in trials].count(TrialState.COMPLETE) == 2
     assert not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)

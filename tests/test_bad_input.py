@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import MODELS, cli, write_study
 
 TINY = MODELS / "tiny.py"

@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import ENV
 
 SUBCOMMANDS = ["submit", "worker", "ls", "status", "best", "trials", "retrain", "dashboard", "report", "agent"]

@@ -7,17 +7,18 @@ import io
 
 import optuna
 import pytest
-from optuna.trial import TrialState
-
 from conftest import MODELS, cli, write_study
+from optuna.trial import TrialState
 
 PLAIN = MODELS / "plain.py"
 GRID = {"epochs": [1, 2, 3], "batch_size": [32, 64]}
 
 
 def test_grid_equals_gridsearchcv_and_is_shared_by_three_workers(workdir):
-    from scikeras.wrappers import KerasClassifier
+    from sklearn.base import is_classifier
     from sklearn.model_selection import GridSearchCV, ParameterGrid
+
+    from tuner_service.tuners._scikeras import KerasClassifier
 
     from tuner_service import data as data_mod
     from tuner_service.spec import StudySpec
@@ -42,6 +43,7 @@ def test_grid_equals_gridsearchcv_and_is_shared_by_three_workers(workdir):
     spec = StudySpec.model_validate(study.user_attrs["spec"])
     x, y = _cv_data(data_mod.load(spec.data, spec.seed))
     est = KerasClassifier(model=_import_plain(), epochs=3, batch_size=32, shuffle=True, verbose=0, random_state=0)
+    assert is_classifier(est)  # so GridSearchCV stratifies, as it does for any classifier
     reference = GridSearchCV(est, GRID, cv=3).fit(x, y)
     ours = [t.value for t in trials]
     assert ours == pytest.approx(list(reference.cv_results_["mean_test_score"]), abs=1e-6)

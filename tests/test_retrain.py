@@ -8,9 +8,8 @@ import stat
 
 import optuna
 import pytest
-from optuna.trial import TrialState
-
 from conftest import MODELS, cli, write_study
+from optuna.trial import TrialState
 
 
 @pytest.fixture(scope="module")

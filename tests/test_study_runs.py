@@ -10,9 +10,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
-
 from conftest import MODELS, cli, write_study
+from optuna.trial import TrialState
 
 
 def _load(db, name):

@@ -152,12 +152,13 @@ class Agent:
     # ------------------------------------------------------------------ runners
 
     def start_runner(self, slot: Slot, study: str) -> None:
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": slot.cuda_visible_devices,
+        # The storage URL travels in the environment: a password in argv is visible in `ps`.
+        env = {**os.environ, "TUNER_SERVICE_STORAGE": self.url, "CUDA_VISIBLE_DEVICES": slot.cuda_visible_devices,
                "TF_FORCE_GPU_ALLOW_GROWTH": "true", "TF_CPP_MIN_LOG_LEVEL": "3"}
         if slot.memory_mb:
             env["TUNER_SERVICE_GPU_MEMORY_MB"] = str(slot.memory_mb)
             env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-        cmd = [sys.executable, "-m", "tuner_service.worker", study, "--storage", self.url, "--slot", slot.label,
+        cmd = [sys.executable, "-m", "tuner_service.worker", study, "--slot", slot.label,
                "--max-trials", str(self.max_trials_per_runner)]
         if self.memory_limit_mb:
             cmd += ["--memory-limit-mb", str(self.memory_limit_mb)]
@@ -201,6 +202,8 @@ class Agent:
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.user_attrs.get("pid") == pid and t.user_attrs.get("host") == self.host:
                 try:
+                    # The reason first: a finished trial's attrs are read-only.
+                    self.storage.set_trial_user_attr(t._trial_id, "fail_reason", "runner process died")
                     if self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                         requeue(study, self.storage.get_trial(t._trial_id), reason="runner process died")
                 except optuna.exceptions.UpdateFinishedTrialError:

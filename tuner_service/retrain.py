@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import platform
 import statistics
 import uuid
@@ -91,6 +90,9 @@ def retrain(
     record["model_path"] = str(run_dir / "model.keras")
     study.set_user_attr("retrain", record)
     _upload_artifacts(study, chosen, run_dir)
+    from tuner_service.notes import write_study_note
+
+    write_study_note(study)
     return first_model, metrics
 
 
@@ -190,26 +192,21 @@ def _versions() -> dict[str, str]:
 
 def _upload_artifacts(study: Any, trial: Any, run_dir: Path) -> None:
     """Attach metrics and model to the source trial when an artifact store is configured."""
-    root = os.environ.get("TUNER_SERVICE_ARTIFACTS")
-    if not root:
-        return
-    import optuna
-    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+    from tuner_service.dashboard import open_artifact_store
+    from tuner_service.notes import upload_trial_file
 
-    store = FileSystemArtifactStore(root)
-    Path(root).mkdir(parents=True, exist_ok=True)
-    frozen = study._storage.get_trial(trial._trial_id)
+    store = open_artifact_store()
+    if store is None:
+        return
     for name in ("metrics.json", "model.keras"):
-        upload_artifact(artifact_store=store, file_path=str(run_dir / name), study_or_trial=frozen,
-                        storage=study._storage)
-    optuna.logging.get_logger(__name__).debug("retrain artifacts uploaded")
+        upload_trial_file(study, trial._trial_id, run_dir / name, store)
 
 
 def _concat(a: Any, b: Any) -> Any:
     import numpy as np
 
     if isinstance(a, (list, tuple)):
-        return type(a)(np.concatenate([x, y]) for x, y in zip(a, b))
+        return type(a)(np.concatenate([x, y]) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
         return {k: np.concatenate([a[k], b[k]]) for k in a}
     return np.concatenate([a, b])

@@ -43,20 +43,21 @@ def requeue(
     import optuna
 
     storage = study._storage
-    storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     if len(history) > max_retry:
-        storage.set_trial_user_attr(
-            trial._trial_id, "fail_reason", f"{reason}; gave up after {max_retry} retries"
-        )
+        _set_fail_reason(storage, trial, f"{reason}; gave up after {max_retry} retries")
         return False
+    _set_fail_reason(storage, trial, reason)
     system_attrs: dict[str, Any] = {
         k: v for k, v in trial.system_attrs.items() if k not in _RUN_ONLY_SYSTEM_ATTRS
     }
     system_attrs["failed_trial"] = history[0]
     system_attrs["retry_history"] = history
+    system_attrs["retry_reason"] = reason  # the failed original may not be writable any more
     # Keep the per-trial checkpoint directory so a retry resumes where the failed run stopped.
     user_attrs = {k: v for k, v in trial.user_attrs.items() if k in ("checkpoint_dir",)}
+    user_attrs["retry_of"] = trial.number
+    user_attrs["retry_reason"] = reason
     study.add_trial(
         optuna.trial.create_trial(
             state=optuna.trial.TrialState.WAITING,
@@ -67,3 +68,17 @@ def requeue(
         )
     )
     return True
+
+
+def _set_fail_reason(storage: Any, trial: FrozenTrial, reason: str) -> None:
+    """Record why ``trial`` failed where Optuna still allows it.
+
+    Optuna refuses attribute writes to finished trials, and ``fail_stale_trials`` fails the
+    trial before it calls the stale callback; the reason then lives on the retry only.
+    """
+    import optuna
+
+    try:
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass

@@ -60,6 +60,9 @@ def submit(
         _say(console, f"resuming study {spec.name!r}" + (f" with {added} more trial slot(s)" if added else ""))
     else:
         study = study_mod.create(spec, storage, extra_attrs=extra, points=points)
+        from tuner_service.notes import write_study_note
+
+        write_study_note(study)
         _say(console, f"study [bold]{spec.name}[/] registered in {mask_password(url)}: "
                       f"tuner {spec.tuner.name}, {tuners.planned_trials(spec) if points is None else len(points)} trials")
     if not wait:
@@ -116,10 +119,12 @@ def run_local(
             w.install_signal_handlers()
             w.run()
         else:
+            # The storage URL travels in the environment: a password in argv is visible in `ps`.
+            env = {**os.environ, "TUNER_SERVICE_STORAGE": url}
             for i in range(workers):
                 procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "tuner_service.worker", spec.name, "--storage", url,
-                     "--index", str(i), "--threads", str(threads)],
+                    [sys.executable, "-m", "tuner_service.worker", spec.name, "--index", str(i), "--threads", str(threads)],
+                    env=env,
                 ))
             _wait_children(procs)
     finally:

@@ -60,8 +60,9 @@ def check_url(url: str) -> None:
     """Reject URLs that cannot work before anything touches them."""
     scheme = url.split(":", 1)[0]
     if "://" not in url:
+        shown = re.sub(r"^([^:/@\s]*):[^@\s]+@", r"\1:***@", url)  # user:pw@host without a scheme
         raise BadInput(
-            f"storage URL {mask_password(url)!r} is not a URL; use e.g. sqlite:///tuner.db "
+            f"storage URL {shown!r} is not a URL; use e.g. sqlite:///tuner.db "
             "or postgresql+psycopg://user:pass@host/db"
         )
     known = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql", "mysql+pymysql")

@@ -25,8 +25,9 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from tuner_service import study as study_mod
 from tuner_service.errors import BadInput, StudyAborted, TrialError
@@ -67,6 +68,9 @@ class Worker:
         self.study = study_mod.load(self.storage, study_name, sampler=sampler, pruner=pruner)
         self.prune = type(pruner).__name__ != "NopPruner"
         self._runner = runner
+        from tuner_service.dashboard import open_artifact_store
+
+        self.artifact_store = open_artifact_store()  # None unless an artifact directory is configured
         self._stop = threading.Event()
         self._current: optuna.Trial | None = None
         self.trials_run = 0
@@ -130,6 +134,10 @@ class Worker:
             if self.options.memory_limit_mb and rss_mb() > self.options.memory_limit_mb:
                 _log.info("recycling: resident memory %.0f MB > %d MB", rss_mb(), self.options.memory_limit_mb)
                 break
+        if self.trials_run:
+            from tuner_service.notes import write_study_note
+
+            write_study_note(self.study)  # the dashboard's study note: best so far (never raises)
         return self.trials_run
 
     def _expired(self) -> bool:
@@ -163,6 +171,11 @@ class Worker:
             for key, value in outcome.attrs.items():
                 storage.set_trial_user_attr(tid, key, value)
             storage.set_trial_user_attr(tid, "finished_at_unix", time.time())
+            if self.artifact_store is not None:  # before tell: finished trials are read-only
+                from tuner_service.notes import upload_trial_curves
+
+                upload_trial_curves(self.study, tid, outcome.attrs.get("history") or {}, self.artifact_store,
+                                    objective=self.spec.objective.name, best_epoch=outcome.attrs.get("best_epoch"))
             if outcome.pruned:
                 self.study.tell(trial, state=TrialState.PRUNED)
                 return "PRUNED"
@@ -170,8 +183,10 @@ class Worker:
             return "COMPLETE"
         except TrialInterrupted as exc:
             self._current = None
+            reason = f"worker stopped ({exc})"
+            storage.set_trial_user_attr(tid, "fail_reason", reason)  # before tell: finished trials are read-only
             self.study.tell(trial, state=TrialState.FAIL)
-            requeue(self.study, self.storage.get_trial(tid), reason=f"worker stopped ({exc})")
+            requeue(self.study, self.storage.get_trial(tid), reason=reason)
             return "HANDED_BACK"
         except (TrialError, BadInput) as exc:
             self._current = None

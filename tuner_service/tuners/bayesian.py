@@ -18,7 +18,7 @@ Contract of :class:`BayesianSampler`:
   ``mean + std``), every point seen is excluded, and each proposal is claimed in the trial's
   system attributes and re-checked against the other trials' claims (see :meth:`_settle`).
   When a discrete space is exhausted the sampler falls back to random values.
-* With a seed, one worker's sequence of suggestions is deterministic.
+* With a seed, one worker's sequence of suggestions is deterministic. Single-objective studies only.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from scipy.optimize import minimize
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import Matern
+from threadpoolctl import threadpool_limits
 
 PROPOSAL_ATTR = "bayesian:proposal"  # trial system attr: {name: value} claimed by sample_relative
 PARTIAL_ATTR = "bayesian:partial"  # trial system attr: params so far + the independent draw claimed
@@ -146,7 +147,11 @@ class BayesianSampler(optuna.samplers.BaseSampler):
     """
 
     def __init__(
-        self, num_initial_points: int | None = None, alpha: float = 1e-4, beta: float = 2.6, seed: int | None = None
+        self,
+        num_initial_points: int | None = None,
+        alpha: float = 1e-4,
+        beta: float = 2.6,
+        seed: int | None = None,
     ) -> None:
         self._num_initial_points = num_initial_points
         self._alpha = alpha
@@ -158,7 +163,9 @@ class BayesianSampler(optuna.samplers.BaseSampler):
         self._rng = np.random.RandomState()
         self._random.reseed_rng()
 
-    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
         done = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.COMPLETE,))
         space = optuna.search_space.intersection_search_space(done)
         return {n: d for n, d in sorted(space.items()) if not d.single()}
@@ -174,19 +181,25 @@ class BayesianSampler(optuna.samplers.BaseSampler):
         sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
         obs = [
             (key, sign * t.value)  # type: ignore[operator]
-            for t, rec in records
+            for t, _ in records
             if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
             if (key := space.key_of(t.params)) is not None
         ]
-        keys = space.grid()
-        if keys is None:
-            keys = space.decode(self._rng.uniform(size=(_N_CANDIDATES, len(space.names))))
+        grid = space.grid()
+        keys = (
+            grid
+            if grid is not None
+            else space.decode(self._rng.uniform(size=(_N_CANDIDATES, len(space.names))))
+        )
         n_initial = self._num_initial_points or max(3 * len(space.names), 3)
         if len(obs) < n_initial:
             scores = self._rng.uniform(size=len(keys))  # random phase: uniform over unseen points
         else:
             pending = [k for t, rec in records if t.state in _PENDING if (k := space.key_of(rec)) is not None]
-            keys, scores = self._acquisition(space, obs, pending, keys, exhaustive=space.grid() is not None)
+            # One BLAS thread: the matrices are a few hundred wide, and OpenBLAS threads spinning
+            # against other workers or the training process on the same cores made it 3-4x slower.
+            with threadpool_limits(1, user_api="blas"):
+                keys, scores = self._acquisition(space, obs, pending, keys, exhaustive=grid is not None)
         rows = [tuple(map(float, row)) for row in keys]
         order = np.argsort(scores, kind="stable")
 
@@ -215,18 +228,28 @@ class BayesianSampler(optuna.samplers.BaseSampler):
                 k = dim.key(draw())
                 if prefix + (k,) not in taken:
                     return prefix + (k,)  # type: ignore[return-value]
-            free = [prefix + (float(k),) for k in range(dim.n or 0) if prefix + (float(k),) not in taken]
+            n = dim.n if dim.n is not None and dim.n <= 100 * _MAX_GRID else 0  # huge ranges: give up
+            free = [prefix + (float(k),) for k in range(n) if prefix + (float(k),) not in taken]
             return free[self._rng.randint(len(free))] if free else None  # type: ignore[return-value]
 
         key = self._settle(study, trial, PARTIAL_ATTR, space, choose, self._records(study, trial))
         return draw() if key is None else dim.value(key[-1])
 
     def _records(self, study: optuna.Study, trial: FrozenTrial) -> list[tuple[FrozenTrial, Record]]:
-        """Every other trial with what it holds or has claimed; its params override its claims."""
+        """Every other trial with what it holds, will run (enqueued ``fixed_params``) or has claimed."""
         return [
-            (t, {**t.system_attrs.get(PARTIAL_ATTR, {}), **t.system_attrs.get(PROPOSAL_ATTR, {}), **t.params})
+            (
+                t,
+                {
+                    **a.get(PARTIAL_ATTR, {}),
+                    **a.get(PROPOSAL_ATTR, {}),
+                    **a.get("fixed_params", {}),
+                    **t.params,
+                },
+            )
             for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
             if t.number != trial.number
+            for a in (t.system_attrs,)
         ]
 
     def _settle(
@@ -264,7 +287,7 @@ class BayesianSampler(optuna.samplers.BaseSampler):
             kernel=Matern(nu=2.5),
             alpha=self._alpha,
             normalize_y=True,
-            n_restarts_optimizer=20 if len(y) <= 200 else 2,  # 20 as keras-tuner
+            n_restarts_optimizer=20 if len(y) <= 100 else 3,  # 20 as keras-tuner
             random_state=self._rng.randint(2**31 - 1),
         )
         with warnings.catch_warnings():  # length scales at their bounds are expected on flat objectives
@@ -272,7 +295,12 @@ class BayesianSampler(optuna.samplers.BaseSampler):
             return gp.fit(x, y)
 
     def _acquisition(
-        self, space: _Space, obs: list[tuple[Key, float]], pending: list[Key], keys: np.ndarray, exhaustive: bool
+        self,
+        space: _Space,
+        obs: list[tuple[Key, float]],
+        pending: list[Key],
+        keys: np.ndarray,
+        exhaustive: bool,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Candidate keys and their ``mean - beta * std`` (lower is better) under the GP with fantasies."""
         x = space.encode(np.array([k for k, _ in obs]))
@@ -283,7 +311,9 @@ class BayesianSampler(optuna.samplers.BaseSampler):
             # the kernel stays as fitted on real data only.
             xp = space.encode(np.array(pending))
             mu, sd = gp.predict(xp, return_std=True)
-            gp = GaussianProcessRegressor(kernel=gp.kernel_, alpha=self._alpha, normalize_y=True, optimizer=None)
+            gp = GaussianProcessRegressor(
+                kernel=gp.kernel_, alpha=self._alpha, normalize_y=True, optimizer=None
+            )
             gp.fit(np.vstack([x, xp]), np.concatenate([y, mu + sd]))
 
         def lcb(u: np.ndarray) -> np.ndarray:
@@ -301,6 +331,8 @@ class BayesianSampler(optuna.samplers.BaseSampler):
             return float(a[0]), (a[1:] - a[0]) / h
 
         starts = units[np.argsort(scores)[:_N_REFINE]]
-        found = np.array([minimize(fun, s, jac=True, bounds=[(0.0, 1.0)] * len(s), method="L-BFGS-B").x for s in starts])
+        found = np.array(
+            [minimize(fun, s, jac=True, bounds=[(0.0, 1.0)] * len(s), method="L-BFGS-B").x for s in starts]
+        )
         refined = space.decode(found)  # snap to the grid, score where the point really lies
         return np.vstack([keys, refined]), np.concatenate([scores, lcb(space.encode(refined))])

@@ -9,6 +9,10 @@ splitter ``check_cv`` gives and the scorer ``check_scoring`` gives: exactly what
 hold what ``cv_results_`` holds for that candidate (fold scores, std, fit and score times)
 and each fold's epoch curves.
 
+SciKeras 0.13's estimators are wrapped to carry the scikit-learn tags they intend
+(``tuners/_scikeras.py``): without them scikit-learn >= 1.6 treats ``KerasClassifier`` as no
+classifier and GridSearchCV uses unstratified folds.
+
 The CV data is the study's training data *and* its validation split (cross-validation
 replaces the validation split); the test split stays held out for ``retrain``.
 GridSearchCV's ``refit`` is left to ``tuner-service retrain`` (it refits the best point on the
@@ -28,7 +32,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any, Literal, Union
 
-from pydantic import Field, field_validator
+from pydantic import field_validator
 
 import tuner_service.runner  # noqa: F401  (sets TensorFlow's environment before scikeras imports it)
 from tuner_service import tuners
@@ -93,9 +97,8 @@ def _task(spec: StudySpec, options: GridOptions, data: Any) -> str:
 
 def make_estimator(spec: StudySpec, data: Any, seed: int | None = None) -> tuple[Any, set[str]]:
     """The SciKeras estimator for the study's builder, and the names routed into ``hp``."""
-    from scikeras.wrappers import KerasClassifier, KerasRegressor
-
     from tuner_service.runner import as_hypermodel, import_user_object
+    from tuner_service.tuners._scikeras import KerasClassifier, KerasRegressor
 
     options = GridOptions(**spec.tuner.options)
     obj = import_user_object(spec.model)
@@ -215,10 +218,8 @@ def prepare(spec: StudySpec) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]
     """Submit-time check: the grid, the CV splitter against the labels, one tiny fit."""
     import numpy as np
     from sklearn.base import clone, is_classifier
-    from sklearn.model_selection import check_cv
 
     from tuner_service import data as data_mod
-
     from tuner_service.spec import ObjectiveSpec
 
     # The objective of a grid study is GridSearchCV's: the mean CV score (greater is better).
@@ -335,7 +336,7 @@ def cv_results_rows(trials: list[Any]) -> list[dict[str, Any]]:
     means = [t.user_attrs["mean_test_score"] for t in done]
     ranks = rankdata([-m for m in means], method="min").astype(int) if done else []
     rows = []
-    for t, rank in zip(done, ranks):
+    for t, rank in zip(done, ranks, strict=True):
         a = t.user_attrs
         row: dict[str, Any] = {k: a[k] for k in ("mean_fit_time", "std_fit_time", "mean_score_time", "std_score_time")}
         row.update({f"param_{k}": v for k, v in t.params.items()})

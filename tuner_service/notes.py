@@ -1,0 +1,381 @@
+"""Keras-aware notes and learning-curve images for optuna-dashboard.
+
+The dashboard shows a Markdown note per study and per trial and a trial's artifacts. This
+module fills them with what a Keras user looks for: the submitted spec, the data split, the
+best configuration so far and the retrained model's test score (study note); the model
+summary, parameter count and best epoch (trial note); loss and objective per epoch, training
+and validation, as an SVG image (trial artifact).
+
+Everything here is decoration. The public ``write_*``/``upload_*`` functions are called from
+the worker around each trial and must never fail a trial, so they catch every error, log it
+and return. Nothing here imports Keras; the chart is a hand-written SVG so that no plotting
+library (or headless browser, as plotly's image export needs) is required.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import mimetypes
+import tempfile
+import uuid
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.artifacts._protocol import ArtifactStore
+    from optuna.trial import FrozenTrial
+
+_log = logging.getLogger(__name__)
+
+#: Trial user attrs the trial note shows, in this order, with their labels.
+_RUN_ATTRS = (
+    ("param_count", "parameters"),
+    ("best_epoch", "best epoch"),
+    ("epochs_run", "epochs run"),
+    ("fit_seconds", "fit seconds"),
+    ("device", "device"),
+    ("keras_backend", "Keras backend"),
+    ("host", "host"),
+    ("pid", "pid"),
+)
+
+
+# ---------------------------------------------------------------------------- study note
+
+
+def write_study_note(study: optuna.Study) -> None:
+    """Overwrite the study's dashboard note with :func:`study_note_markdown`; never raises."""
+    try:
+        from optuna_dashboard import save_note
+
+        save_note(study, study_note_markdown(study))
+    except Exception as exc:  # a note is not worth failing a trial or a submit for
+        _log.warning("could not write the dashboard note of study %r: %s", getattr(study, "study_name", "?"), exc)
+
+
+def study_note_markdown(study: optuna.Study) -> str:
+    """The study note: best configuration, retrained model, data, tuner and spec."""
+    import yaml
+
+    attrs = study.user_attrs
+    spec: dict[str, Any] = attrs.get("spec") or {}
+    objective = (spec.get("objective") or {}).get("name") or "value"
+    direction = study.direction.name.lower()
+    lines = [f"## {study.study_name}", ""]
+    lines.append(f"Objective **{objective}** ({direction}); tuner **{attrs.get('tuner') or '?'}**"
+                 + (f"; submitted {attrs['submitted_at']}" if attrs.get("submitted_at") else "") + ".")
+    if attrs.get("aborted"):
+        lines += ["", f"**Aborted:** {attrs['aborted']}"]
+    lines += ["", "### Best configuration so far", ""]
+    lines += _best_section(study, objective)
+    if attrs.get("retrain"):
+        lines += ["", "### Retrained model", ""] + _retrain_section(attrs["retrain"])
+    if attrs.get("data"):
+        lines += ["", "### Data", ""] + _data_section(attrs["data"])
+    tuner = spec.get("tuner") or {}
+    if tuner:
+        lines += ["", "### Tuner", "", f"**{tuner.get('name', '?')}**"]
+        options = tuner.get("options") or {}
+        if options:
+            lines += [""] + _table(("option", "value"), [(k, v) for k, v in options.items()])
+    if spec:
+        lines += ["", "### Spec", "", "```yaml", yaml.safe_dump(spec, sort_keys=False).rstrip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _best_section(study: optuna.Study, objective: str) -> list[str]:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    counts = {s: sum(t.state == s for t in trials) for s in TrialState}
+    tally = (f"{counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
+             f"{counts[TrialState.FAIL]} failed, {counts[TrialState.RUNNING]} running, "
+             f"{counts[TrialState.WAITING]} waiting")
+    if not done:
+        return [f"No completed trial yet ({tally})."]
+    maximize = study.direction.name == "MAXIMIZE"
+    # Ties go to the earliest trial, as tuner_service.study.best_trial does.
+    best = sorted(done, key=lambda t: ((-t.value if maximize else t.value), t.number))[0]
+    epoch = best.user_attrs.get("best_epoch")
+    head = (f"**{objective} = {_fmt(best.value)}** in trial #{best.number}"
+            + (f" at epoch {epoch}" if epoch else "") + f" ({tally}).")
+    return [head, ""] + _table(("parameter", "value"), sorted(best.params.items()))
+
+
+def _retrain_section(retrain: dict[str, Any]) -> list[str]:
+    lines = []
+    facts = [("trial", retrain.get("trial")), ("epochs", retrain.get("epochs")),
+             ("trained on", retrain.get("trained_on")), ("seeds", retrain.get("seeds")),
+             ("created", retrain.get("created_at")), ("model", retrain.get("model_path"))]
+    metrics = retrain.get("test_metrics") or {}
+    if metrics:
+        lines += _table(("test metric", "value"), sorted(metrics.items())) + [""]
+    lines += _table(("fact", "value"), [(k, v) for k, v in facts if v is not None])
+    return lines
+
+
+def _data_section(data: dict[str, Any]) -> list[str]:
+    sizes = [(k, data[k]) for k in ("train", "validation", "test") if k in data]
+    lines = [f"Source `{data.get('source', '?')}`"
+             + (f", task {data['task']}" if data.get("task") else "")
+             + (f", sha256 `{str(data['hash'])[:12]}`" if data.get("hash") else "") + "."]
+    if sizes:
+        lines += [""] + _table(("split", "samples"), sizes)
+    return lines
+
+
+# ---------------------------------------------------------------------------- trial note
+
+
+def write_trial_note(study: optuna.Study, trial: optuna.Trial | FrozenTrial | int) -> None:
+    """Overwrite a trial's dashboard note with :func:`trial_note_markdown`; never raises.
+
+    ``trial``: the trial, or its storage id (``trial._trial_id``, not its number).
+    """
+    try:
+        from optuna_dashboard import save_note
+
+        trial_id = trial if isinstance(trial, int) else trial._trial_id
+        frozen = study._storage.get_trial(trial_id)
+        save_note(_TrialHandle(study, trial_id), trial_note_markdown(frozen))  # type: ignore[arg-type]
+    except Exception as exc:  # a note is not worth failing a trial for
+        _log.warning("could not write the dashboard note of a trial of %r: %s", getattr(study, "study_name", "?"), exc)
+
+
+@dataclass
+class _TrialHandle:
+    """What ``optuna_dashboard.save_note`` reads from a trial: ``study``, ``storage``, ``_trial_id``.
+
+    Building a real ``optuna.Trial`` for a trial id would call the sampler's ``before_trial``
+    hook (our seeded random sampler reseeds there), a side effect a note must not have.
+    """
+
+    study: optuna.Study
+    _trial_id: int
+
+    @property
+    def storage(self) -> Any:
+        return self.study._storage
+
+
+def trial_note_markdown(trial: FrozenTrial) -> str:
+    """The trial note: run facts (parameter count, best epoch, device...) and the model summary."""
+    attrs = trial.user_attrs
+    lines = [f"## Trial {trial.number}", ""]
+    facts = [(label, attrs[key]) for key, label in _RUN_ATTRS if attrs.get(key) is not None]
+    if trial.value is not None:
+        facts.insert(0, ("value", trial.value))
+    if facts:
+        lines += _table(("fact", "value"), facts)
+    if attrs.get("fail_reason"):
+        lines += ["", f"**Failed:** {attrs['fail_reason']}"]
+    summary = attrs.get("model_summary")
+    if summary:
+        # A fenced block keeps Keras's box-drawn table aligned; backticks inside would end it.
+        lines += ["", "### Model summary", "", "```", str(summary).replace("```", "'''"), "```"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- learning curves
+
+
+def upload_trial_curves(
+    study: optuna.Study,
+    trial_id: int,
+    history: dict[str, list[float]],
+    artifact_store: ArtifactStore | None,
+    *,
+    objective: str | None = None,
+    best_epoch: int | None = None,
+) -> str | None:
+    """Attach :func:`learning_curve_svg` to the trial as an artifact; returns its id or None.
+
+    Call it before ``study.tell`` when you can: Optuna refuses to change a finished trial, so
+    for a finished one the image is registered the way optuna-dashboard's own uploads used to
+    be (see :func:`upload_trial_file`). Never raises.
+    """
+    if artifact_store is None or not history:
+        return None
+    try:
+        if objective is None:
+            objective = ((study.user_attrs.get("spec") or {}).get("objective") or {}).get("name")
+        svg = learning_curve_svg(history, objective=objective, best_epoch=best_epoch)
+        number = study._storage.get_trial(trial_id).number
+        with tempfile.TemporaryDirectory(prefix="tuner-curves-") as tmp:
+            path = Path(tmp) / f"learning-curves-trial-{number}.svg"
+            path.write_text(svg, encoding="utf-8")
+            return upload_trial_file(study, trial_id, path, artifact_store, mimetype="image/svg+xml")
+    except Exception as exc:  # an image is not worth failing a trial for
+        _log.warning("could not upload the learning curves of trial id %s: %s", trial_id, exc)
+        return None
+
+
+def upload_trial_file(
+    study: optuna.Study,
+    trial_id: int,
+    path: Path,
+    artifact_store: ArtifactStore,
+    *,
+    mimetype: str | None = None,
+) -> str:
+    """Upload ``path`` as an artifact of the trial, running or finished; returns the artifact id.
+
+    A running trial gets it through ``optuna.artifacts.upload_artifact``. Optuna refuses to
+    set attributes of a finished trial, so for one the artifact is recorded in the study's
+    system attrs under ``dashboard:artifacts:<trial_id>:<artifact_id>``, which optuna-dashboard
+    still reads as the trial's artifact (it is where its own uploads went before Optuna had
+    artifacts). Raises on failure; callers in a trial's path wrap it.
+    """
+    from optuna.artifacts import upload_artifact
+
+    storage = study._storage
+    frozen = storage.get_trial(trial_id)
+    if not frozen.state.is_finished():
+        return upload_artifact(artifact_store=artifact_store, file_path=str(path), study_or_trial=frozen,
+                               storage=storage, mimetype=mimetype)
+    artifact_id = str(uuid.uuid4())
+    guessed, encoding = mimetypes.guess_type(path.name)
+    meta = {"artifact_id": artifact_id, "filename": path.name,
+            "mimetype": mimetype or guessed or "application/octet-stream", "encoding": encoding}
+    with open(path, "rb") as f:
+        artifact_store.write(artifact_id, f)
+    storage.set_study_system_attr(study._study_id, f"dashboard:artifacts:{trial_id}:{artifact_id}", json.dumps(meta))
+    return artifact_id
+
+
+_PANEL_W, _PANEL_H = 380, 240
+_MARGIN = {"left": 56, "right": 12, "top": 28, "bottom": 34}
+_TRAIN_COLOUR, _VAL_COLOUR = "#1f77b4", "#d62728"
+
+
+def learning_curve_svg(
+    history: dict[str, list[float]],
+    *,
+    objective: str | None = None,
+    best_epoch: int | None = None,
+) -> str:
+    """An SVG of loss and the objective per epoch, training (solid) and validation (dashed).
+
+    One panel for ``loss`` and one for the objective's metric (``val_accuracy`` ->
+    ``accuracy``; without an objective, the first other metric Keras logged). ``best_epoch``
+    draws a dotted marker. Non-finite values leave a gap instead of breaking the scale.
+    """
+    panels = [name for name in ("loss", _metric_of(history, objective)) if name]
+    panels = [p for p in dict.fromkeys(panels) if p in history or f"val_{p}" in history]
+    width = _PANEL_W * max(1, len(panels))
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{_PANEL_H}" '
+             f'viewBox="0 0 {width} {_PANEL_H}" font-family="sans-serif" font-size="11">',
+             f'<rect width="{width}" height="{_PANEL_H}" fill="white"/>']
+    if not panels:
+        parts.append(f'<text x="{width / 2}" y="{_PANEL_H / 2}" text-anchor="middle">no per-epoch history</text>')
+    for i, name in enumerate(panels):
+        parts.append(_panel(history, name, i * _PANEL_W, best_epoch))
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def _metric_of(history: dict[str, list[float]], objective: str | None) -> str | None:
+    if objective:
+        return objective.removeprefix("val_")
+    others = [k.removeprefix("val_") for k in history if k.removeprefix("val_") != "loss"]
+    return others[0] if others else None
+
+
+def _panel(history: dict[str, list[float]], name: str, x0: float, best_epoch: int | None) -> str:
+    series = [(label, history.get(key) or [], colour, dash)
+              for label, key, colour, dash in (("training", name, _TRAIN_COLOUR, ""),
+                                               ("validation", f"val_{name}", _VAL_COLOUR, "5,3"))]
+    values = [v for _, ys, _, _ in series for v in ys if _finite(v)]
+    n = max(len(ys) for _, ys, _, _ in series)
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    if hi - lo < 1e-12:  # a flat line still needs a visible range
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = (hi - lo) * 0.05
+    lo, hi = lo - pad, hi + pad
+    left, top = x0 + _MARGIN["left"], _MARGIN["top"]
+    w = _PANEL_W - _MARGIN["left"] - _MARGIN["right"]
+    h = _PANEL_H - _MARGIN["top"] - _MARGIN["bottom"]
+
+    def px(epoch: int) -> float:  # epochs are 1-based on the axis, as Keras prints them
+        return left + (w * (epoch - 1) / (n - 1) if n > 1 else w / 2)
+
+    def py(v: float) -> float:
+        return top + h * (hi - v) / (hi - lo)
+
+    out = [f'<g><text x="{left}" y="16" font-weight="bold">{escape(name)}</text>',
+           f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#999"/>']
+    for v in _ticks(lo, hi):
+        out.append(f'<line x1="{left}" x2="{left + w}" y1="{py(v):.1f}" y2="{py(v):.1f}" stroke="#eee"/>'
+                   f'<text x="{left - 4}" y="{py(v) + 4:.1f}" text-anchor="end">{v:.4g}</text>')
+    step = max(1, math.ceil(n / 8))
+    for epoch in range(1, n + 1, step):
+        out.append(f'<text x="{px(epoch):.1f}" y="{top + h + 14}" text-anchor="middle">{epoch}</text>')
+    out.append(f'<text x="{left + w / 2}" y="{_PANEL_H - 4}" text-anchor="middle">epoch</text>')
+    if best_epoch and 1 <= best_epoch <= n:
+        out.append(f'<line x1="{px(best_epoch):.1f}" x2="{px(best_epoch):.1f}" y1="{top}" y2="{top + h}" '
+                   f'stroke="#2ca02c" stroke-dasharray="2,2"><title>best epoch {best_epoch}</title></line>')
+    legend_x = left + w - 170  # legend in the header row, where no data point can hide it
+    for label, ys, colour, dash in series:
+        if not ys:
+            continue
+        dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
+        for run in _finite_runs(ys):
+            if len(run) == 1:  # a one-epoch run has no line to draw
+                (e, v), = run
+                out.append(f'<circle cx="{px(e):.1f}" cy="{py(v):.1f}" r="3" fill="{colour}"/>')
+                continue
+            points = " ".join(f"{px(e):.1f},{py(v):.1f}" for e, v in run)
+            out.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"{dash_attr}/>')
+        out.append(f'<line x1="{legend_x}" x2="{legend_x + 20}" y1="12" y2="12" stroke="{colour}" '
+                   f'stroke-width="2"{dash_attr}/><text x="{legend_x + 24}" y="16">{label}</text>')
+        legend_x += 80
+    out.append("</g>")
+    return "\n".join(out)
+
+
+def _ticks(lo: float, hi: float) -> list[float]:
+    """Round-numbered axis ticks (steps of 1, 2, 2.5 or 5 times a power of ten) inside [lo, hi]."""
+    raw = (hi - lo) / 5
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + k * step for k in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _finite_runs(ys: list[float]) -> list[list[tuple[int, float]]]:
+    """Consecutive finite points (epoch, value); a NaN epoch splits the line."""
+    runs: list[list[tuple[int, float]]] = [[]]
+    for epoch, v in enumerate(ys, start=1):
+        if _finite(v):
+            runs[-1].append((epoch, float(v)))
+        elif runs[-1]:
+            runs.append([])
+    return [r for r in runs if r]
+
+
+# ---------------------------------------------------------------------------- markdown helpers
+
+
+def _table(header: tuple[str, str], rows: Any) -> list[str]:
+    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
+    lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in rows]
+    return lines
+
+
+def _cell(v: Any) -> str:
+    text = _fmt(v) if isinstance(v, float) else (json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.6g}"

@@ -83,7 +83,7 @@ def test_agent_refuses_a_study_whose_code_changed(workdir):
     out, _ = agent.communicate(timeout=120)
     assert agent.returncode == 0, out
     assert "refusing study 'changed'" in out and "differs from the submitted one" in out
-    assert [t.state for t in study.get_trials()] == [TrialState.WAITING]
+    assert study.get_trials() == []  # nothing ran
 
 
 def _wait_for_running(study, timeout=120):
@@ -133,7 +133,7 @@ def test_sigterm_hands_the_running_trial_back(workdir):
     assert "worker stopped (SIGTERM)" in trials[victim.number].user_attrs["fail_reason"]
     assert not any(t.state == TrialState.COMPLETE for t in trials)
     waiting = [t for t in trials if t.state == TrialState.WAITING]
-    assert len(waiting) == 2 and any(t.params == victim.params for t in waiting)
+    assert len(waiting) == 1 and waiting[0].params == victim.params  # the hand-back, re-queued
     # Starting again continues to exactly the budget.
     again = cli("worker", "term", "--storage", "sqlite:///t.db", cwd=workdir)
     assert again.returncode == 0, again.stderr

@@ -18,10 +18,9 @@ def test_grid_equals_gridsearchcv_and_is_shared_by_three_workers(workdir):
     from sklearn.base import is_classifier
     from sklearn.model_selection import GridSearchCV, ParameterGrid
 
-    from tuner_service.tuners._scikeras import KerasClassifier
-
     from tuner_service import data as data_mod
     from tuner_service.spec import StudySpec
+    from tuner_service.tuners._scikeras import KerasClassifier
     from tuner_service.tuners.grid import _cv_data
 
     study_file = write_study(workdir, "g", model=f"{PLAIN}:build_model",

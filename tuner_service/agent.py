@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner_service import study as study_mod
 from tuner_service.errors import BadInput
-from tuner_service.storage import mask_password, open_storage, resolve_url
+from tuner_service.storage import mask_password, open_storage, remaining_budget, resolve_url, waiting_trial_ids
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -122,8 +122,6 @@ class Agent:
 
     def active_studies(self) -> list[tuple[int, str, str]]:
         """(priority, submitted_at, name) of studies with budget left, best first."""
-        from optuna.trial import TrialState
-
         out = []
         for s in self.storage.get_all_studies():
             name = s.study_name
@@ -132,8 +130,7 @@ class Agent:
             attrs = s.user_attrs
             if not attrs.get(study_mod.READY_ATTR) or attrs.get(study_mod.ABORTED_ATTR) or name in self.state.refused:
                 continue
-            waiting = self.storage.get_all_trials(s._study_id, deepcopy=False, states=(TrialState.WAITING,))
-            if not waiting:
+            if not (waiting_trial_ids(self.storage, s._study_id, limit=1) or remaining_budget(self.storage, s._study_id)):
                 continue
             priority = int((attrs.get(study_mod.SPEC_ATTR) or {}).get("priority", 0))
             out.append((priority, attrs.get("submitted_at", ""), name))

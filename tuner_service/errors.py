@@ -33,3 +33,9 @@ class StudyAborted(TunerServiceError):
     """The study was stopped (e.g. too many consecutive failed trials)."""
 
     exit_code = 3
+
+
+class WorkersFailed(TunerServiceError):
+    """Local worker processes exited while the study still had work left."""
+
+    exit_code = 1

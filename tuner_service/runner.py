@@ -171,9 +171,11 @@ def _make_reporter(keras: Any) -> Any:
             if self.best is None or (value > self.best if self.maximize else value < self.best):
                 self.best, self.best_epoch = value, step
             if self.trial is not None:
-                self.trial.report(value, step)
+                from tuner_service.storage import with_storage_retry
+
+                with_storage_retry(self.trial.report, value, step, what="reporting an epoch")
                 # After the last epoch there is nothing left to save: the trial completed.
-                if self.prune and step < self.epochs and self.trial.should_prune():
+                if self.prune and step < self.epochs and with_storage_retry(self.trial.should_prune, what="pruning"):
                     self.pruned = True
                     self.model.stop_training = True
 

@@ -10,7 +10,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from tuner_service import study as study_mod
-from tuner_service.errors import BadInput, StudyAborted
+from tuner_service.errors import BadInput, StudyAborted, WorkersFailed
 from tuner_service.storage import mask_password, open_storage, resolve_url, sqlite_path
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ def submit(
     console: Console | None = None,
 ) -> optuna.Study:
     """Register ``spec`` (after checking everything that can be checked) and run it."""
-    import optuna
 
     from tuner_service import tuners
 
@@ -53,7 +52,7 @@ def submit(
         runner, extra, points = _preflight(spec)
     storage = open_storage(url)
     if replace and existing is not None:
-        optuna.delete_study(study_name=spec.name, storage=storage)
+        study_mod.delete(storage, spec.name)
     if resume:
         study = study_mod.load(storage, spec.name)
         added = study_mod.resume(study, spec)
@@ -130,10 +129,14 @@ def run_local(
     finally:
         stop.set()
         progress.join()
-    counts = study_mod.Counts.of(study.get_trials(deepcopy=False))
-    aborted = study.user_attrs.get(study_mod.ABORTED_ATTR) if counts.waiting else None
+    counts = study_mod.Counts.for_study(study)
+    aborted = study.user_attrs.get(study_mod.ABORTED_ATTR) if not counts.done else None
     if aborted:
         raise StudyAborted(f"study {spec.name!r} stopped: {aborted}")
+    crashed = [p.returncode for p in procs if p.returncode not in (0, None, -signal.SIGINT, -signal.SIGTERM, 130)]
+    if crashed and not counts.done:
+        raise WorkersFailed(f"worker processes exited with codes {crashed} and {counts.remaining + counts.waiting} "
+                            f"trial(s) not run; see their output above, then continue with --resume")
     _report_best(study, spec, url, counts, console)
     return counts
 
@@ -170,7 +173,7 @@ def _follow(study: optuna.Study, spec: StudySpec, stop: threading.Event, console
         task = bar.add_task(spec.name, total=None, info="starting workers")
         while True:
             try:
-                c = study_mod.Counts.of(study.get_trials(deepcopy=False), maximize=maximize)
+                c = study_mod.Counts.for_study(study, maximize=maximize)
             except Exception:  # a transient storage error must not kill the progress bar
                 c = None
             if c is not None:
@@ -188,7 +191,8 @@ def _report_best(study: optuna.Study, spec: StudySpec, url: str, counts: study_m
     if console is None:
         return
     summary = (f"{counts.complete} complete, {counts.pruned} pruned, {counts.failed} failed"
-               + (f", {counts.waiting} not started (resume with --resume)" if counts.waiting else ""))
+               + (f", {counts.waiting + counts.remaining} not started (resume with --resume)"
+                  if counts.waiting + counts.remaining else ""))
     console.print(f"study [bold]{spec.name}[/]: {summary}")
     try:
         row = best(spec.name, url, study=study)
@@ -262,13 +266,13 @@ def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:
     rows = []
     for s in storage.get_all_studies():
         study = optuna.load_study(study_name=s.study_name, storage=storage)
-        c = study_mod.Counts.of(study.get_trials(deepcopy=False), maximize=s.direction.name == "MAXIMIZE")
+        c = study_mod.Counts.for_study(study, maximize=s.direction.name == "MAXIMIZE")
         rows.append({
             "name": s.study_name,
             "tuner": s.user_attrs.get("tuner"),
             "direction": s.direction.name.lower(),
             "complete": c.complete, "pruned": c.pruned, "failed": c.failed,
-            "running": c.running, "waiting": c.waiting,
+            "running": c.running, "waiting": c.waiting + c.remaining,
             "best_value": c.best.value if c.best else None,
             "submitted_at": s.user_attrs.get("submitted_at"),
         })
@@ -278,17 +282,17 @@ def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:
 def status(name: str, storage_url: str | None = None) -> dict[str, Any]:
     study = _open(storage_url, name)
     maximize = study.direction.name == "MAXIMIZE"
-    c = study_mod.Counts.of(study.get_trials(deepcopy=False), maximize=maximize)
+    c = study_mod.Counts.for_study(study, maximize=maximize)
     spec = study.user_attrs.get(study_mod.SPEC_ATTR) or {}
     state = ("aborted" if study.user_attrs.get(study_mod.ABORTED_ATTR)
-             else "done" if c.waiting == 0 and c.running == 0 else "running" if c.running else "waiting")
+             else "done" if c.done else "running" if c.running else "waiting")
     info: dict[str, Any] = {
         "study": name,
         "state": state,
         "tuner": study.user_attrs.get("tuner"),
         "objective": f"{(spec.get('objective') or {}).get('name')} ({study.direction.name.lower()})",
         "complete": c.complete, "pruned": c.pruned, "failed": c.failed, "retried": c.retried,
-        "running": c.running, "waiting": c.waiting,
+        "running": c.running, "waiting": c.waiting + c.remaining,
         "best_value": c.best.value if c.best else None,
         "best_trial": c.best.number if c.best else None,
         "best_params": c.best.params if c.best else None,

@@ -161,3 +161,165 @@ def open_storage(
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- resilience
+
+#: How long a worker waits for the storage to come back before giving up (seconds).
+STORAGE_RETRY_SECONDS = float(os.environ.get("TUNER_SERVICE_STORAGE_RETRY_SECONDS", "600"))
+
+
+def with_storage_retry(fn: Any, *args: Any, what: str = "storage", **kwargs: Any) -> Any:
+    """Call ``fn``; while the database is unreachable (server restarting, SQLite busy),
+    retry with exponential backoff (0.5 s doubling to 10 s) for up to
+    ``STORAGE_RETRY_SECONDS``. Logic errors (a finished trial, a missing study) pass through."""
+    import logging
+    import time
+
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import DBAPIError
+
+    log = logging.getLogger("tuner_service.storage")
+    delay, deadline, warned = 0.5, time.monotonic() + STORAGE_RETRY_SECONDS, False
+    while True:
+        try:
+            result = fn(*args, **kwargs)
+        except (StorageInternalError, DBAPIError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise StorageUnavailable(f"storage unreachable for {STORAGE_RETRY_SECONDS:.0f} s during {what}: "
+                                         f"{mask_password(_first_line(exc))}") from None
+            if not warned:
+                log.warning("storage unavailable during %s (%s); retrying with backoff",
+                            what, mask_password(_first_line(exc)))
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            continue
+        if warned:
+            log.warning("storage reachable again (%s)", what)
+        return result
+
+
+def set_trial_user_attrs(storage: Any, trial_id: int, attrs: dict[str, Any]) -> None:
+    """Write several trial user attrs in one transaction (one commit instead of one each).
+
+    Uses the same per-attribute routine Optuna's ``RDBStorage.set_trial_user_attr`` uses, inside
+    one session; other storages fall back to one call per attribute.
+    """
+    try:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import RDBStorage, _create_scoped_session
+    except ImportError:  # pragma: no cover - a future Optuna layout
+        RDBStorage = None  # noqa: N806
+    storage = _rdb(storage)
+    if RDBStorage is not None and isinstance(storage, RDBStorage) and hasattr(storage, "_set_trial_attr_without_commit"):
+        with _create_scoped_session(storage.scoped_session, True) as session:
+            for key, value in attrs.items():
+                storage._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
+        return
+    for key, value in attrs.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+
+
+def waiting_trial_ids(storage: Any, study_id: int, limit: int = 8) -> list[int]:
+    """Ids of up to ``limit`` WAITING trials of a study, oldest first.
+
+    One indexed query, so claiming stays cheap when a study has thousands of budget slots
+    (``get_all_trials(states=(WAITING,))`` would load every waiting trial on every claim).
+    """
+    from optuna.trial import TrialState
+
+    try:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import RDBStorage, _create_scoped_session
+    except ImportError:  # pragma: no cover - a future Optuna layout
+        RDBStorage = None  # noqa: N806
+    storage = _rdb(storage)
+    if RDBStorage is not None and isinstance(storage, RDBStorage):
+        with _create_scoped_session(storage.scoped_session) as session:
+            rows = (
+                session.query(models.TrialModel.trial_id)
+                .filter(models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.WAITING)
+                .order_by(models.TrialModel.trial_id)
+                .limit(limit)
+                .all()
+            )
+        return [r[0] for r in rows]
+    return [t._trial_id for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,))][:limit]
+
+
+# --------------------------------------------------------------------------- the budget counter
+
+
+def _rdb(storage: Any) -> Any:
+    """The RDBStorage behind Optuna's cache wrapper (``study._storage`` is a ``_CachedStorage``)."""
+    return getattr(storage, "_backend", storage)
+
+
+def _budget_table() -> Any:
+    from sqlalchemy import Column, Integer, MetaData, Table
+
+    return Table(
+        "tuner_service_budget", MetaData(),
+        Column("study_id", Integer, primary_key=True, autoincrement=False),
+        Column("remaining", Integer, nullable=False),
+    )
+
+
+_BUDGET = None
+
+
+def budget_table(storage: Any) -> Any:
+    """The one table of our own: per study, how many trials may still be started.
+
+    Taking a slot is one atomic ``UPDATE ... SET remaining = remaining - 1 WHERE remaining > 0``
+    (SQLite: inside ``BEGIN IMMEDIATE``; PostgreSQL: a row lock), so N workers never start
+    more than the budget, without thousands of placeholder trials that every sampler call
+    would have to re-read.
+    """
+    global _BUDGET
+    if _BUDGET is None:
+        _BUDGET = _budget_table()
+    _BUDGET.metadata.create_all(_rdb(storage).engine, checkfirst=True)
+    return _BUDGET
+
+
+def add_budget(storage: Any, study_id: int, n: int) -> None:
+    from sqlalchemy import insert, select, update
+
+    table = budget_table(storage)
+    with _rdb(storage).engine.begin() as conn:
+        row = conn.execute(select(table.c.remaining).where(table.c.study_id == study_id)).first()
+        if row is None:
+            conn.execute(insert(table).values(study_id=study_id, remaining=max(n, 0)))
+        else:
+            conn.execute(update(table).where(table.c.study_id == study_id)
+                         .values(remaining=max(table.c.remaining + n, 0)))
+
+
+def take_budget(storage: Any, study_id: int) -> bool:
+    """Atomically take one trial slot; False when none is left."""
+    from sqlalchemy import update
+
+    table = budget_table(storage)
+    with _rdb(storage).engine.begin() as conn:
+        result = conn.execute(update(table).where(table.c.study_id == study_id, table.c.remaining > 0)
+                              .values(remaining=table.c.remaining - 1))
+        return result.rowcount == 1
+
+
+def remaining_budget(storage: Any, study_id: int) -> int:
+    from sqlalchemy import select
+
+    table = budget_table(storage)
+    with _rdb(storage).engine.connect() as conn:
+        row = conn.execute(select(table.c.remaining).where(table.c.study_id == study_id)).first()
+    return int(row[0]) if row else 0
+
+
+def drop_budget(storage: Any, study_id: int) -> None:
+    from sqlalchemy import delete
+
+    table = budget_table(storage)
+    with _rdb(storage).engine.begin() as conn:
+        conn.execute(delete(table).where(table.c.study_id == study_id))

@@ -1,12 +1,13 @@
 """Studies on Optuna storage: creation, the trial budget, and read-side summaries.
 
-The budget is a queue. Submitting a study with ``max_trials = N`` enqueues N WAITING trials
-(empty slots, or grid points); a worker runs a trial only by claiming a WAITING one, with the
-same atomic WAITING -> RUNNING transition Optuna uses for ``enqueue_trial``. So N workers
-never run more than N trials between them, and nothing needs a lock of our own. A trial that
-dies (stale heartbeat, worker stopped) is failed and a WAITING copy with the same parameters
-is enqueued in its place, so the budget stays exact. Unspent slots stay WAITING (e.g. after
-a timeout) and are what ``submit --resume`` continues with.
+The budget is exact across any number of workers. Submitting a study with ``max_trials = N``
+sets its counter in ``tuner_service_budget`` to N (grid studies instead enqueue their points
+as WAITING trials). A worker first claims a WAITING trial (a retry or a grid point) with the
+atomic WAITING -> RUNNING transition Optuna uses for ``enqueue_trial``; otherwise it starts a
+new trial only after atomically taking one from the counter. A trial that dies (stale
+heartbeat, worker stopped) is failed and a WAITING copy with the same parameters is enqueued
+in its place, so the budget stays exact. Unspent slots (e.g. after a timeout) stay in the
+counter; ``submit --resume`` continues with them.
 
 Nothing here imports Keras.
 """
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner_service.errors import BadInput
 from tuner_service.spec import StudySpec, code_hash
+from tuner_service.storage import add_budget, drop_budget, remaining_budget
 
 if TYPE_CHECKING:
     import optuna
@@ -75,17 +77,27 @@ def create(
         }
         for key, value in attrs.items():
             study.set_user_attr(key, value)
-        n = len(points) if points is not None else tuners.planned_trials(spec)
-        enqueue_slots(study, n, points)
+        if points is not None:
+            enqueue_slots(study, len(points), points)
+        add_budget(storage, study._study_id, 0 if points is not None else tuners.planned_trials(spec))
         study.set_user_attr(READY_ATTR, True)
     except BaseException:
-        optuna.delete_study(study_name=spec.name, storage=storage)
+        delete(storage, spec.name)
         raise
     return study
 
 
+def delete(storage: Any, name: str) -> None:
+    """Delete a study and its budget counter."""
+    import optuna
+
+    study_id = storage.get_study_id_from_name(name)
+    optuna.delete_study(study_name=name, storage=storage)
+    drop_budget(storage, study_id)
+
+
 def enqueue_slots(study: optuna.Study, n: int, points: list[dict[str, Any]] | None = None) -> None:
-    """Add ``n`` WAITING trials: budget slots, or the given fixed points."""
+    """Add ``n`` WAITING trials: with fixed ``points`` (grid), or free ones the sampler fills."""
     import optuna
 
     for i in range(n):
@@ -124,10 +136,10 @@ def resume(study: optuna.Study, spec: StudySpec) -> int:
                 f"--resume: the study file's {key} differs from study {study.study_name!r}'s; "
                 "resume with the same file (only budget/fit may change) or submit under a new --name"
             )
-    counts = Counts.of(study.get_trials(deepcopy=False))
-    missing = tuners.planned_trials(spec) - counts.budget_used
+    counts = Counts.for_study(study)
+    missing = tuners.planned_trials(spec) - counts.total
     if missing > 0 and spec.tuner.name != "grid":
-        enqueue_slots(study, missing)
+        add_budget(study._storage, study._study_id, missing)
     study.set_user_attr(SPEC_ATTR, {**spec.to_stored(), "budget": spec.budget.model_dump(mode="json")})
     study.set_user_attr(ABORTED_ATTR, None)
     return max(missing, 0)
@@ -143,6 +155,7 @@ class Counts:
     retried: int = 0  # failed and replaced by a retry
     running: int = 0
     waiting: int = 0
+    remaining: int = 0  # budget slots not started yet (the counter)
     best: FrozenTrial | None = None
     running_numbers: list[int] = field(default_factory=list)
 
@@ -157,7 +170,17 @@ class Counts:
 
     @property
     def total(self) -> int:
-        return self.budget_used
+        return self.budget_used + self.remaining
+
+    @property
+    def done(self) -> bool:
+        return self.running == 0 and self.waiting == 0 and self.remaining == 0
+
+    @classmethod
+    def for_study(cls, study: optuna.Study, maximize: bool | None = None) -> Counts:
+        counts = cls.of(study.get_trials(deepcopy=False), maximize=maximize)
+        counts.remaining = remaining_budget(study._storage, study._study_id)
+        return counts
 
     @classmethod
     def of(cls, trials: list[FrozenTrial], maximize: bool | None = None) -> Counts:
@@ -218,8 +241,8 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
 def wait_until_done(study: optuna.Study, poll: float = 1.0, timeout: float | None = None) -> Counts:
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        c = Counts.of(study.get_trials(deepcopy=False))
-        if c.running == 0 and c.waiting == 0:
+        c = Counts.for_study(study)
+        if c.done:
             return c
         if deadline is not None and time.monotonic() > deadline:
             return c

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner_service import study as study_mod
 from tuner_service.errors import BadInput, StudyAborted, TrialError
-from tuner_service.storage import HEARTBEAT_INTERVAL, open_storage
+from tuner_service.storage import HEARTBEAT_INTERVAL, open_storage, set_trial_user_attrs, with_storage_retry
 
 if TYPE_CHECKING:
     import optuna
@@ -105,18 +105,13 @@ class Worker:
 
     def run(self, on_trial_done: Callable[[Any], None] | None = None) -> int:
         """Claim and run trials until none is left; returns how many this worker ran."""
-        import optuna
 
         consecutive_failures = 0
         while not self._stop.is_set():
-            optuna.storages.fail_stale_trials(self.study)
-            if self._expired() or self.study.user_attrs.get(study_mod.ABORTED_ATTR):
+            trial, finished = with_storage_retry(self._next_trial, what="claiming a trial")
+            if finished:
                 break
-            trial = claim(self.study)
             if trial is None:
-                counts = study_mod.Counts.of(self.study.get_trials(deepcopy=False))
-                if counts.running == 0 and counts.waiting == 0:
-                    break
                 # Others are still running: one may die and be re-queued; wait for it.
                 self._stop.wait(self.options.poll)
                 continue
@@ -140,6 +135,21 @@ class Worker:
             write_study_note(self.study)  # the dashboard's study note: best so far (never raises)
         return self.trials_run
 
+    def _next_trial(self) -> tuple[optuna.Trial | None, bool]:
+        """(claimed trial or None, whether the study has nothing left for this worker)."""
+        import optuna
+        from optuna.trial import TrialState
+
+        optuna.storages.fail_stale_trials(self.study)
+        if self._expired() or self.study.user_attrs.get(study_mod.ABORTED_ATTR):
+            return None, True
+        trial = claim(self.study)
+        if trial is None:
+            # No slot left; while others run, one may die and be re-queued, so keep watching.
+            running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            return None, not running
+        return trial, False
+
     def _expired(self) -> bool:
         timeout = self.spec.budget.timeout
         if not timeout:
@@ -153,6 +163,7 @@ class Worker:
 
     def run_trial(self, trial: optuna.Trial) -> str:
         """Run one claimed trial and record its outcome; returns the final state name."""
+        import optuna
         from optuna.trial import TrialState
 
         from tuner_service.retry import requeue
@@ -162,38 +173,46 @@ class Worker:
         runner = self.runner
         beat = Heartbeat(storage, tid)
         self._current = trial
+
+        def record(attrs: dict[str, Any], what: str) -> None:
+            with_storage_retry(set_trial_user_attrs, storage, tid, attrs, what=what)
+
+        def tell(**kwargs: Any) -> None:
+            with_storage_retry(self.study.tell, trial, what="recording a result", **kwargs)
+
         try:
             beat.start()
-            for key, value in self._run_attrs(runner).items():
-                storage.set_trial_user_attr(tid, key, value)
+            record(self._run_attrs(runner), "starting a trial")
             outcome = runner.run(trial, prune=self.prune)
             self._current = None
-            for key, value in outcome.attrs.items():
-                storage.set_trial_user_attr(tid, key, value)
-            storage.set_trial_user_attr(tid, "finished_at_unix", time.time())
+            record({**outcome.attrs, "finished_at_unix": time.time()}, "recording a result")
             if self.artifact_store is not None:  # before tell: finished trials are read-only
                 from tuner_service.notes import upload_trial_curves
 
                 upload_trial_curves(self.study, tid, outcome.attrs.get("history") or {}, self.artifact_store,
                                     objective=self.spec.objective.name, best_epoch=outcome.attrs.get("best_epoch"))
             if outcome.pruned:
-                self.study.tell(trial, state=TrialState.PRUNED)
+                tell(state=TrialState.PRUNED)
                 return "PRUNED"
-            self.study.tell(trial, outcome.value)
+            tell(values=outcome.value)
             return "COMPLETE"
         except TrialInterrupted as exc:
             self._current = None
             reason = f"worker stopped ({exc})"
-            storage.set_trial_user_attr(tid, "fail_reason", reason)  # before tell: finished trials are read-only
-            self.study.tell(trial, state=TrialState.FAIL)
-            requeue(self.study, self.storage.get_trial(tid), reason=reason)
+            record({"fail_reason": reason}, "handing a trial back")  # before tell: finished trials are read-only
+            tell(state=TrialState.FAIL)
+            with_storage_retry(lambda: requeue(self.study, storage.get_trial(tid), reason=reason), what="re-queueing")
             return "HANDED_BACK"
         except (TrialError, BadInput) as exc:
             self._current = None
-            storage.set_trial_user_attr(tid, "fail_reason", str(exc))
-            storage.set_trial_user_attr(tid, "traceback", traceback.format_exc()[-8000:])
-            self.study.tell(trial, state=TrialState.FAIL)
+            record({"fail_reason": str(exc), "traceback": traceback.format_exc()[-8000:]}, "recording a failure")
+            tell(state=TrialState.FAIL)
             return "FAIL"
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Our heartbeat went stale (e.g. a long database outage) and another worker failed
+            # and re-queued this trial meanwhile: its retry will run; this result is dropped.
+            _log.warning("trial %s was failed as stale while running; its retry runs instead", trial.number)
+            return "SUPERSEDED"
         finally:
             self._current = None
             beat.stop()
@@ -225,19 +244,31 @@ def rss_mb() -> float:
 def claim(study: optuna.Study) -> optuna.Trial | None:
     """Atomically take one WAITING trial (WAITING -> RUNNING), or None when there is none.
 
-    The same transition as ``Study.ask``'s queue pop, but never creating a new trial: the
-    WAITING trials are the budget.
+    WAITING trials (retries of failed runs, grid points) go first, with the same atomic
+    transition as ``Study.ask``'s queue pop; otherwise a new trial is started only after
+    taking a slot from the study's budget counter, so N workers never exceed the budget.
     """
     import optuna
     from optuna.trial import TrialState
 
+    from tuner_service.storage import take_budget, waiting_trial_ids
+
     storage = study._storage
-    for frozen in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
-                return optuna.Trial(study, frozen._trial_id)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
+    while True:
+        candidates = waiting_trial_ids(storage, study._study_id)
+        if not candidates:
+            break
+        for trial_id in candidates:
+            try:
+                if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                    # Optuna's cache layer must see the trial before params can be set on it.
+                    storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                    return optuna.Trial(study, trial_id)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+        # Every candidate was taken by other workers meanwhile: look again.
+    if take_budget(storage, study._study_id):
+        return optuna.Trial(study, storage.create_new_trial(study._study_id))
     return None
 
 

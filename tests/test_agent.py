@@ -158,3 +158,31 @@ def test_sigkilled_worker_is_recovered_by_heartbeat(workdir):
     assert retry[0].params == victim.params
     assert [t.state for t in trials].count(TrialState.COMPLETE) == 2
     assert not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+
+
+@pytest.mark.slow
+def test_checkpointed_retry_resumes_from_the_last_finished_epoch(workdir):
+    study_file = write_study(workdir, "ckpt", model=f"{MODELS / 'tiny.py'}:SlowEpochs",
+                             budget={"max_trials": 1, "max_epochs": 6}, checkpoints=True)
+    assert cli("submit", study_file, "--storage", "sqlite:///t.db", "--no-wait", cwd=workdir).returncode == 0
+    study = optuna.load_study(study_name="ckpt", storage=f"sqlite:///{workdir / 't.db'}")
+    env = {"TUNER_TEST_EPOCH_SLEEP": "1.5", "TUNER_SERVICE_HEARTBEAT_INTERVAL": "1", "TUNER_SERVICE_HEARTBEAT_GRACE": "3"}
+    first = _spawn(["worker", "ckpt", "--storage", "sqlite:///t.db"], workdir, env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        trials = study.get_trials()
+        if trials and len(trials[0].intermediate_values) >= 3:
+            break
+        time.sleep(0.2)
+    first.kill()
+    first.wait()
+    epochs_before = len(study.get_trials()[0].intermediate_values)
+    second = cli("worker", "ckpt", "--storage", "sqlite:///t.db", cwd=workdir, env=env)
+    assert second.returncode == 0, second.stderr
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    retry = trials[1]
+    assert retry.params == trials[0].params
+    # BackupAndRestore saved after each finished epoch: the retry starts where the run stopped.
+    assert retry.user_attrs["resumed_from_epoch"] >= epochs_before - 1 >= 2
+    assert max(retry.intermediate_values) == 6 and min(retry.intermediate_values) > 1

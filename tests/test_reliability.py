@@ -19,9 +19,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
-
 from conftest import ENV, MODELS, cli, write_study
+from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
 TRIVIAL = Path(__file__).parent / "trivial_worker.py"
@@ -70,6 +69,10 @@ def test_concurrency_integrity_postgres_16_workers(tmp_path, pg_url):
     _integrity(pg_url, "c", 16, tmp_path)
 
 
+def _read_lines(proc: subprocess.Popen, lines: list[str]) -> None:
+    lines.extend(iter(proc.stdout.readline, ""))
+
+
 def test_crash_durability_kill_9_during_writes(tmp_path):
     """kill -9 the writer mid-write, 50 rounds: integrity_check ok, every reported result present."""
     from tuner_service.storage import add_budget, open_storage
@@ -85,7 +88,7 @@ def test_crash_durability_kill_9_during_writes(tmp_path):
         proc = subprocess.Popen([sys.executable, str(TRIVIAL), url, "d", "--print-done"], cwd=tmp_path,
                                 env={**ENV, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
         lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+        reader = threading.Thread(target=_read_lines, args=(proc, lines), daemon=True)
         reader.start()
         deadline = time.monotonic() + 30
         while not any(line.startswith("done") for line in lines) and time.monotonic() < deadline:

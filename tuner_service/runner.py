@@ -152,9 +152,12 @@ def _make_reporter(keras: Any) -> Any:
             self.best_epoch: int | None = None
             self.pruned = False
             self.epochs_run = 0
+            self.first_epoch: int | None = None  # > 0 when BackupAndRestore resumed the fit
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             logs = logs or {}
+            if self.first_epoch is None:
+                self.first_epoch = epoch
             for k, v in logs.items():
                 self.history.setdefault(k, []).append(round(float(v), 6))
             if self.objective not in logs:
@@ -255,6 +258,7 @@ class TrialRunner:
             model = self.build(hp)
             reporter = self._reporter_cls(trial, self.spec.objective.name, self.spec.maximize, prune,
                                           self.spec.epochs)
+            extra_callbacks = [*(extra_callbacks or []), *self._checkpoint_callbacks(trial)]
             t0 = time.perf_counter()
             result = self.fit(hp, model, reporter, x=d.x_train, y=d.y_train,
                               validation_data=(d.x_val, d.y_val), epochs=self.spec.epochs,
@@ -270,9 +274,26 @@ class TrialRunner:
                 "epochs_run": reporter.epochs_run,
                 "history": reporter.history,
             }
+            if reporter.first_epoch:
+                attrs["resumed_from_epoch"] = reporter.first_epoch
             return Outcome(None if reporter.pruned else value, reporter.pruned, attrs)
         finally:
             self.keras.backend.clear_session()
+
+    def _checkpoint_callbacks(self, trial: optuna.Trial) -> list[Any]:
+        """Per-epoch checkpoints (``checkpoints: true``) so a re-queued trial resumes where the
+        failed run stopped: Keras' BackupAndRestore in a directory named after the original
+        trial, which every retry of it shares (``$TUNER_SERVICE_CHECKPOINTS``, default
+        ``./checkpoints``; a shared file system when retries may land on other machines)."""
+        if not self.spec.checkpoints:
+            return []
+        from pathlib import Path
+
+        system_attrs = trial.storage.get_trial(trial._trial_id).system_attrs
+        original = system_attrs.get("failed_trial", trial.number)
+        root = Path(os.environ.get("TUNER_SERVICE_CHECKPOINTS", "checkpoints"))
+        backup_dir = root / self.spec.name / f"trial-{original}"
+        return [self.keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch", delete_checkpoint=True)]
 
     def _objective(self, reporter: Any, result: Any) -> tuple[float, int | None]:
         """The best epoch's objective; or what a custom ``HyperModel.fit`` returned."""

@@ -118,6 +118,9 @@ def load(storage: Any, name: str, *, sampler: Any = None, pruner: Any = None) ->
 
 
 def stored_spec(study: optuna.Study) -> StudySpec:
+    if study.user_attrs.get("keras_tuner"):
+        raise BadInput(f"study {study.study_name!r} was created by tuner_service.keras_tuner: its trials run inside "
+                       "the script's tuner.search(...); use search(..., workers=N) for more processes")
     raw = study.user_attrs.get(SPEC_ATTR)
     if raw is None:
         raise BadInput(f"study {study.study_name!r} was not created by tuner-service (it has no spec); "

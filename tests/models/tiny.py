@@ -79,3 +79,19 @@ class Slow(kt.HyperModel):
 
         time.sleep(float(os.environ.get("TUNER_TEST_SLEEP", "0")))
         return model.fit(*args, **kwargs)
+
+
+class SlowEpochs(kt.HyperModel):
+    """Sleeps $TUNER_TEST_EPOCH_SLEEP seconds after every epoch (to kill a trial mid-fit)."""
+
+    def build(self, hp):
+        return build_model(hp)
+
+    def fit(self, hp, model, *args, **kwargs):
+        import os
+        import time
+
+        pause = float(os.environ.get("TUNER_TEST_EPOCH_SLEEP", "0"))
+        sleeper = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: time.sleep(pause))
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), sleeper]
+        return model.fit(*args, **kwargs)

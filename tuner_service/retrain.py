@@ -51,6 +51,7 @@ def retrain(
 
     storage = open_storage(storage_url, create=False)
     study = study_mod.load(storage, study_name)
+    study_mod.refuse_facade_study(study)
     spec = study_mod.stored_spec(study)
     if trial is None:
         chosen = study_mod.best_trial(study)

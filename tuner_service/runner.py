@@ -293,7 +293,9 @@ class TrialRunner:
         original = system_attrs.get("failed_trial", trial.number)
         root = Path(os.environ.get("TUNER_SERVICE_CHECKPOINTS", "checkpoints"))
         backup_dir = root / self.spec.name / f"trial-{original}"
-        return [self.keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch", delete_checkpoint=True)]
+        # double_checkpoint: a kill during a checkpoint write leaves the previous state readable.
+        return [self.keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch", delete_checkpoint=True,
+                                                      double_checkpoint=True)]
 
     def _objective(self, reporter: Any, result: Any) -> tuple[float, int | None]:
         """The best epoch's objective; or what a custom ``HyperModel.fit`` returned."""

@@ -77,6 +77,7 @@ def create(
         }
         for key, value in attrs.items():
             study.set_user_attr(key, value)
+        study.set_metric_names([spec.objective.name])  # the dashboard labels axes with it
         if points is not None:
             enqueue_slots(study, len(points), points)
         add_budget(storage, study._study_id, 0 if points is not None else tuners.planned_trials(spec))
@@ -117,10 +118,14 @@ def load(storage: Any, name: str, *, sampler: Any = None, pruner: Any = None) ->
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
 
-def stored_spec(study: optuna.Study) -> StudySpec:
+def refuse_facade_study(study: optuna.Study) -> None:
+    """Studies of ``tuner_service.keras_tuner`` run inside the user's script, with its data."""
     if study.user_attrs.get("keras_tuner"):
         raise BadInput(f"study {study.study_name!r} was created by tuner_service.keras_tuner: its trials run inside "
                        "the script's tuner.search(...); use search(..., workers=N) for more processes")
+
+
+def stored_spec(study: optuna.Study) -> StudySpec:
     raw = study.user_attrs.get(SPEC_ATTR)
     if raw is None:
         raise BadInput(f"study {study.study_name!r} was not created by tuner-service (it has no spec); "

@@ -60,13 +60,16 @@ class Worker:
         self.options = options or WorkerOptions()
         self.storage = open_storage(storage_url, heartbeat=True, create=False)
         probe = study_mod.load(self.storage, study_name)
+        study_mod.refuse_facade_study(probe)
         self.spec = study_mod.stored_spec(probe)
         check_code_identity(probe)
         from tuner_service import tuners
 
         sampler, pruner = tuners.make(self.spec, worker=self.options.index)
         self.study = study_mod.load(self.storage, study_name, sampler=sampler, pruner=pruner)
-        self.prune = type(pruner).__name__ != "NopPruner"
+        import optuna
+
+        self.prune = not isinstance(pruner, optuna.pruners.NopPruner)  # should_prune costs a read
         self._runner = runner
         from tuner_service.dashboard import open_artifact_store
 

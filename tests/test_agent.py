@@ -186,3 +186,26 @@ def test_checkpointed_retry_resumes_from_the_last_finished_epoch(workdir):
     # BackupAndRestore saved after each finished epoch: the retry starts where the run stopped.
     assert retry.user_attrs["resumed_from_epoch"] >= epochs_before - 1 >= 2
     assert max(retry.intermediate_values) == 6 and min(retry.intermediate_values) > 1
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_agents_share_a_postgres_study_through_a_server_restart(workdir, postgres_server, pg_url):
+    study_file = write_study(workdir, "shared", model=SLOW, budget={"max_trials": 12, "max_epochs": 1})
+    out = cli("submit", study_file, "--storage", pg_url, "--no-wait", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    env = {"TUNER_TEST_SLEEP": "1", "TUNER_SERVICE_STORAGE": pg_url, "TUNER_SERVICE_HEARTBEAT_GRACE": "120"}
+    agents = [_spawn(["agent", "--gpus", "none", "--once"], workdir, env) for _ in range(2)]
+    study = optuna.load_study(study_name="shared", storage=pg_url)
+    deadline = time.monotonic() + 180
+    while sum(t.state == TrialState.COMPLETE for t in study.get_trials()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    postgres_server.restart()  # the agents and their runners ride it out
+    outputs = [a.communicate(timeout=600)[0] for a in agents]
+    assert [a.returncode for a in agents] == [0, 0], outputs
+    trials = optuna.load_study(study_name="shared", storage=pg_url).get_trials()
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 12
+    assert not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+    assert len({t.user_attrs["pid"] for t in trials}) >= 2, "both agents' runners ran trials"

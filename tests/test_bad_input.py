@@ -43,6 +43,8 @@ CASES = [
     ("metric-not-produced", {"model": f"{TINY}:no_accuracy"}, [], "objective 'val_accuracy' is not logged"),
     ("wrong-output-shape", {"model": f"{TINY}:wrong_output_shape"}, [], "fit raised"),
     ("builder-raises", {"model": f"{TINY}:raises"}, [], "boom in build"),
+    ("huge-model-oom", {"model": f"{TINY}:huge"}, [], "model check failed"),
+    ("workers-zero", {}, ["--workers", "0"], "--workers"),
 ]
 
 

@@ -122,3 +122,16 @@ def test_builder_that_always_raises_is_rejected_before_writing(workdir):
     out = cli("submit", study_file, "--storage", "sqlite:///t.db", cwd=workdir)
     assert out.returncode == 2 and "boom in build" in out.stderr
     assert not (workdir / "t.db").exists()
+
+
+def test_per_trial_tensorboard_logs_with_hparams(workdir):
+    study_file = write_study(workdir, "tb", budget={"max_trials": 2, "max_epochs": 2})
+    out = cli("submit", study_file, "--storage", "sqlite:///t.db", "--tensorboard", "tb", cwd=workdir)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for n in (0, 1):
+        trial_dir = workdir / "tb" / "tb" / f"trial-{n}"
+        events = [p for p in trial_dir.rglob("events.out.tfevents.*")]
+        assert events, f"no TensorBoard events for trial {n}"
+        blob = b"".join(p.read_bytes() for p in events)
+        assert b"hparams" in blob and b"learning_rate" in blob  # the HParams plugin's session record
+        assert (trial_dir / "train").is_dir() and (trial_dir / "validation").is_dir()

@@ -33,7 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 from tuner_service import study as study_mod
 from tuner_service.errors import BadInput
-from tuner_service.storage import mask_password, open_storage, remaining_budget, resolve_url, waiting_trial_ids
+from tuner_service.storage import (
+    mask_password,
+    open_storage,
+    remaining_budget,
+    resolve_url,
+    waiting_trial_ids,
+    with_storage_retry,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -219,8 +226,9 @@ class Agent:
             while not self._stopping:
                 for slot in self.slots:
                     if slot.runner is not None and slot.runner.poll() is not None:
-                        self.reap(slot)
-                active = self.active_studies()
+                        with_storage_retry(self.reap, slot, what="handling a finished runner")
+                # A database outage pauses scheduling (runners wait on their own); it is not fatal.
+                active = with_storage_retry(self.active_studies, what="listing studies")
                 for slot in self.slots:
                     if slot.runner is None and not self._stopping:
                         study = self.choose(active)

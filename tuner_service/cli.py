@@ -79,6 +79,7 @@ def submit(
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting trials after this many seconds."),
+    tensorboard: Optional[str] = typer.Option(None, "--tensorboard", help="Per-trial TensorBoard logs (HParams) in DIR."),
     set_: list[str] = typer.Option([], "--set", help="Override any spec field: --set fit.batch_size=64."),
     storage: Optional[str] = StorageOpt,
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Local worker processes."),
@@ -91,7 +92,8 @@ def submit(
     from tuner_service.spec import FLAG_FIELDS, load_spec, parse_set_option
 
     flags = {"name": name, "tuner": tuner, "max_trials": max_trials, "max_epochs": max_epochs,
-             "epochs": epochs, "batch_size": batch_size, "seed": seed, "timeout": timeout}
+             "epochs": epochs, "batch_size": batch_size, "seed": seed, "timeout": timeout,
+             "tensorboard": tensorboard}
     overrides = {FLAG_FIELDS[k]: v for k, v in flags.items()}
     overrides.update(dict(parse_set_option(s) for s in set_))
     if resume and replace:
@@ -294,8 +296,21 @@ def agent(
 
 
 def main() -> None:
+    from typer._click import exceptions as click_exc  # typer vendors click
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except click_exc.NoArgsIsHelpError:
+        app(["--help"], standalone_mode=False)
+        code = 0
+    except click_exc.UsageError as exc:  # a bad flag value, an unknown option, a missing argument
+        where = exc.ctx.command_path if exc.ctx is not None else "tuner-service"
+        err_console.print(f"[bold red]error:[/] {exc.format_message()} (see `{where} --help`)", soft_wrap=True)
+        code = exc.exit_code
+    except click_exc.Abort:
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

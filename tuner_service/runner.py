@@ -258,7 +258,8 @@ class TrialRunner:
             model = self.build(hp)
             reporter = self._reporter_cls(trial, self.spec.objective.name, self.spec.maximize, prune,
                                           self.spec.epochs)
-            extra_callbacks = [*(extra_callbacks or []), *self._checkpoint_callbacks(trial)]
+            extra_callbacks = [*(extra_callbacks or []), *self._checkpoint_callbacks(trial),
+                               *self._tensorboard_callbacks(trial, hp)]
             t0 = time.perf_counter()
             result = self.fit(hp, model, reporter, x=d.x_train, y=d.y_train,
                               validation_data=(d.x_val, d.y_val), epochs=self.spec.epochs,
@@ -279,6 +280,22 @@ class TrialRunner:
             return Outcome(None if reporter.pruned else value, reporter.pruned, attrs)
         finally:
             self.keras.backend.clear_session()
+
+    def _tensorboard_callbacks(self, trial: optuna.Trial, hp: Any) -> list[Any]:
+        """``fit.tensorboard: DIR``: per-trial logs in ``DIR/<study>/trial-<n>`` with the HParams
+        plugin, the view keras-tuner users get (``tensorboard --logdir DIR/<study>``). The trial's
+        hyperparameters are written when training starts; ``hp`` fills in as the model asks."""
+        root = self.spec.fit.tensorboard
+        if not root:
+            return []
+        from pathlib import Path
+
+        from tensorboard.plugins.hparams import api as hparams_api
+
+        log_dir = str(Path(root) / self.spec.name / f"trial-{trial.number}")
+        values = {k: v for k, v in hp.values.items() if isinstance(v, (bool, int, float, str))}
+        return [self.keras.callbacks.TensorBoard(log_dir=log_dir),
+                hparams_api.KerasCallback(log_dir, values, trial_id=f"{self.spec.name}-{trial.number}")]
 
     def _checkpoint_callbacks(self, trial: optuna.Trial) -> list[Any]:
         """Per-epoch checkpoints (``checkpoints: true``) so a re-queued trial resumes where the

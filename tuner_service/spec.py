@@ -121,6 +121,14 @@ class FitSpec(_Strict):
     batch_size: int = Field(32, gt=0)
     shuffle: bool = True
     early_stopping: EarlyStoppingSpec | None = None
+    tensorboard: str | None = Field(None, description="directory for per-trial TensorBoard logs with HParams")
+
+    @field_validator("tensorboard")
+    @classmethod
+    def _tensorboard_installed(cls, v: str | None) -> str | None:
+        if v is not None and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("per-trial TensorBoard logs need the tensorboard package: pip install tensorboard")
+        return v
 
 
 class StudySpec(_Strict):
@@ -232,6 +240,7 @@ FLAG_FIELDS = {
     "batch_size": "fit.batch_size",
     "seed": "seed",
     "timeout": "budget.timeout",
+    "tensorboard": "fit.tensorboard",
 }
 
 

@@ -51,6 +51,14 @@ def no_accuracy(hp):
     return model
 
 
+def huge(hp):
+    """Asks for ~400 GB of weights: allocation fails (out of memory) when the model is built."""
+    model = keras.Sequential([keras.layers.Input(shape=(8, 8)), keras.layers.Flatten(),
+                              keras.layers.Dense(100_000_000_000 // 64), keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
 def raises(hp):
     raise RuntimeError("boom in build")
 

@@ -95,3 +95,31 @@ def test_retrain_study_without_completed_trials(workdir):
     study.set_user_attr("spec", {"name": "empty", "model": "x.py:f"})
     out = cli("retrain", "empty", "--storage", storage, cwd=workdir)
     assert out.returncode == 2 and "has no completed trial" in out.stderr
+
+
+def test_retrain_on_agent_runs_in_an_agent_slot(searched):
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ENV
+
+    waiter = subprocess.Popen([sys.executable, "-m", "tuner_service", "retrain", "rt", "--storage", "sqlite:///t.db",
+                               "--on-agent", "--output", "agent-models"], cwd=searched, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"sqlite:///{searched / 't.db'}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (optuna.load_study(study_name="rt", storage=url).user_attrs.get("retrain_request") or {}).get("status"):
+            break
+        time.sleep(0.2)
+    agent = cli("agent", "--gpus", "none", "--once", "--storage", "sqlite:///t.db", cwd=searched)
+    assert agent.returncode == 0, agent.stdout + agent.stderr
+    assert "retraining 'rt'" in agent.stdout and "retrain of 'rt' done" in agent.stdout
+    output, _ = waiter.communicate(timeout=120)
+    assert waiter.returncode == 0, output
+    assert "on an agent" in output
+    runs = list((searched / "agent-models" / "rt").glob("retrain-*"))
+    assert len(runs) == 1 and (runs[0] / "model.keras").exists()
+    request = optuna.load_study(study_name="rt", storage=url).user_attrs["retrain_request"]
+    assert request["status"] == "done" and request["slot"] == "cpu/0"

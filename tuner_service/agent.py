@@ -56,6 +56,7 @@ class Slot:
     memory_mb: int | None = None  # per-runner GPU memory cap when a GPU is shared
     runner: subprocess.Popen[bytes] | None = None
     log: Any = None
+    retrain: dict[str, Any] | None = None  # the retrain request this slot runs, if any
     study: str | None = None
     started: float = 0.0
 
@@ -155,13 +156,18 @@ class Agent:
 
     # ------------------------------------------------------------------ runners
 
-    def start_runner(self, slot: Slot, study: str) -> None:
-        # The storage URL travels in the environment: a password in argv is visible in `ps`.
+    def _slot_env(self, slot: Slot) -> dict[str, str]:
+        """Pinning and memory settings for a process in ``slot``, set before it imports Keras.
+        The storage URL travels in the environment: a password in argv is visible in `ps`."""
         env = {**os.environ, "TUNER_SERVICE_STORAGE": self.url, "CUDA_VISIBLE_DEVICES": slot.cuda_visible_devices,
                "TF_FORCE_GPU_ALLOW_GROWTH": "true", "TF_CPP_MIN_LOG_LEVEL": "3"}
         if slot.memory_mb:
             env["TUNER_SERVICE_GPU_MEMORY_MB"] = str(slot.memory_mb)
             env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        return env
+
+    def start_runner(self, slot: Slot, study: str) -> None:
+        env = self._slot_env(slot)
         cmd = [sys.executable, "-m", "tuner_service.worker", study, "--slot", slot.label,
                "--max-trials", str(self.max_trials_per_runner)]
         if self.memory_limit_mb:
@@ -174,6 +180,48 @@ class Agent:
         slot.study, slot.started = study, time.time()
         self._say(f"slot {slot.label}: runner pid {slot.runner.pid} on study {study!r}")
 
+    def pending_retrains(self) -> list[tuple[int, str, dict[str, Any]]]:
+        from tuner_service.retrain import REQUEST_ATTR
+
+        out = []
+        for s in self.storage.get_all_studies():
+            request = s.user_attrs.get(REQUEST_ATTR)
+            if request and request.get("status") == "pending" and (not self.only or s.study_name in self.only):
+                out.append((s._study_id, s.study_name, request))
+        return out
+
+    def start_retrain(self, slot: Slot, study_id: int, study: str, request: dict[str, Any]) -> bool:
+        """Claim a pending ``retrain --on-agent`` request (atomically) and run it in ``slot``."""
+        from tuner_service.retrain import REQUEST_ATTR
+        from tuner_service.storage import compare_and_set_study_user_attr
+
+        running = {**request, "status": "running", "host": self.host, "slot": slot.label,
+                   "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if not compare_and_set_study_user_attr(self.storage, study_id, REQUEST_ATTR, request, running):
+            return False  # another agent took it
+        cmd = [sys.executable, "-m", "tuner_service", "retrain", study, "--epochs", str(request["epochs"]),
+               "--output", request["output"], "--seeds", str(request["seeds"])]
+        if request.get("trial") is not None:
+            cmd += ["--trial", str(request["trial"])]
+        slot.log = tempfile.TemporaryFile()
+        slot.runner = subprocess.Popen(cmd, env=self._slot_env(slot), stdout=slot.log, stderr=subprocess.STDOUT)
+        slot.study, slot.started, slot.retrain = study, time.time(), {**running, "study_id": study_id}
+        self._say(f"slot {slot.label}: retraining {study!r} (pid {slot.runner.pid})")
+        return True
+
+    def _finish_retrain(self, slot: Slot, code: int | None, output: str) -> None:
+        from tuner_service.retrain import REQUEST_ATTR
+        from tuner_service.storage import compare_and_set_study_user_attr
+
+        running = {k: v for k, v in (slot.retrain or {}).items() if k != "study_id"}
+        final = {**running, "status": "done" if code == 0 else "failed"}
+        if code != 0:
+            lines = [line for line in output.strip().splitlines() if line.strip()]
+            final["error"] = mask_password(lines[-1] if lines else f"exit code {code}")
+        compare_and_set_study_user_attr(self.storage, slot.retrain["study_id"], REQUEST_ATTR, running, final)
+        self._say(f"slot {slot.label}: retrain of {slot.study!r} {final['status']}")
+        slot.runner, slot.study, slot.retrain = None, None, None
+
     def reap(self, slot: Slot) -> None:
         """Handle a finished runner: re-queue a trial it died in; remember refusals."""
         proc = slot.runner
@@ -185,6 +233,9 @@ class Agent:
             output = slot.log.read().decode(errors="replace")
             slot.log.close()
             slot.log = None
+        if slot.retrain is not None:
+            self._finish_retrain(slot, code, output)
+            return
         if code == 2 and slot.study:  # BadInput: e.g. the local code differs from the submitted code
             reason = output.strip().splitlines()[-1] if output.strip() else "runner refused the study"
             self.state.refused[slot.study] = reason
@@ -228,13 +279,19 @@ class Agent:
                     if slot.runner is not None and slot.runner.poll() is not None:
                         with_storage_retry(self.reap, slot, what="handling a finished runner")
                 # A database outage pauses scheduling (runners wait on their own); it is not fatal.
+                retrains = with_storage_retry(self.pending_retrains, what="listing retrain requests")
                 active = with_storage_retry(self.active_studies, what="listing studies")
                 for slot in self.slots:
-                    if slot.runner is None and not self._stopping:
+                    if slot.runner is not None or self._stopping:
+                        continue
+                    # A retrain first: somebody is waiting for it.
+                    while retrains and slot.runner is None:
+                        with_storage_retry(self.start_retrain, slot, *retrains.pop(0), what="claiming a retrain")
+                    if slot.runner is None:
                         study = self.choose(active)
                         if study is not None:
                             self.start_runner(slot, study)
-                if once and not active and all(s.runner is None for s in self.slots):
+                if once and not active and not retrains and all(s.runner is None for s in self.slots):
                     break
                 time.sleep(POLL_SECONDS)
         finally:

@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import platform
 import statistics
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -219,10 +220,57 @@ def _len(x: Any) -> int:
     return length(x)
 
 
+REQUEST_ATTR = "retrain_request"
+
+
+def request_on_agent(study_name: str, storage_url: str | None, *, trial: int | None, epochs: str, output: Path,
+                     seeds: int) -> dict[str, Any]:
+    """Queue a retrain for an agent slot (``retrain --on-agent``); an agent claims it atomically."""
+    storage = open_storage(storage_url, create=False)
+    study = study_mod.load(storage, study_name)
+    study_mod.refuse_facade_study(study)
+    study_mod.best_trial(study)  # fail now, not on the agent, when nothing completed
+    current = study.user_attrs.get(REQUEST_ATTR)
+    if current and current.get("status") in ("pending", "running"):
+        raise BadInput(f"study {study_name!r} already has a retrain {current['status']} on an agent "
+                       f"(requested {current.get('requested_at')}); wait for it")
+    request = {"id": uuid.uuid4().hex[:8], "status": "pending", "trial": trial, "epochs": epochs,
+               "output": str(output), "seeds": seeds,
+               "requested_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    study.set_user_attr(REQUEST_ATTR, request)
+    return request
+
+
+def wait_for_request(study_name: str, storage_url: str | None, request_id: str, console: Console,
+                     poll: float = 2.0) -> dict[str, Any]:
+    storage = open_storage(storage_url, create=False)
+    study = study_mod.load(storage, study_name)
+    announced = ""
+    while True:
+        request = study_mod.load(storage, study_name).user_attrs.get(REQUEST_ATTR) or {}
+        if request.get("id") != request_id:
+            raise BadInput(f"the retrain request of {study_name!r} was replaced by another one")
+        status = request.get("status", "")
+        if status != announced:
+            console.print({"pending": "waiting for an agent with a free slot (tuner-service agent ...)",
+                           "running": f"running on {request.get('host')} slot {request.get('slot')}"}.get(status, status))
+            announced = status
+        if status in ("done", "failed"):
+            break
+        time.sleep(poll)
+    if status == "failed":
+        raise BadInput(f"the retrain failed on the agent: {request.get('error', 'see the agent log')}")
+    return study.user_attrs.get("retrain") or {}
+
+
 def retrain_cli(study: str, storage: str | None, *, trial: int | None, epochs: str, output: Path, seeds: int,
                 on_agent: bool, console: Console) -> None:
     if on_agent:
-        raise BadInput("--on-agent is not available yet; run `tuner-service retrain` on the GPU machine itself")
+        request = request_on_agent(study, storage, trial=trial, epochs=epochs, output=output, seeds=seeds)
+        record = wait_for_request(study, storage, request["id"], console)
+        console.print(f"retrained trial #{record.get('trial')} of {study!r} on an agent: "
+                      f"test {record.get('test_metrics')}; model at {record.get('model_path')} (on the agent's machine)")
+        return
     _, m = retrain(study, storage, trial=trial, epochs=epochs, output=output, seeds=seeds, verbose=2)
     console.print(f"retrained trial #{m['trial']} of {study!r} on {m['trained_on']} samples for {m['epochs']} epochs")
     for name, value in m["test_metrics"].items():

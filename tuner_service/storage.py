@@ -323,3 +323,24 @@ def drop_budget(storage: Any, study_id: int) -> None:
     table = budget_table(storage)
     with _rdb(storage).engine.begin() as conn:
         conn.execute(delete(table).where(table.c.study_id == study_id))
+
+
+def compare_and_set_study_user_attr(storage: Any, study_id: int, key: str, expected: Any, new: Any) -> bool:
+    """Set a study user attr to ``new`` only if it still holds ``expected``; atomic.
+
+    One ``UPDATE ... WHERE value_json = <expected>`` on Optuna's own table (the JSON Optuna
+    itself writes), so of several agents exactly one wins a job.
+    """
+    import json
+
+    from optuna.storages._rdb import models
+    from sqlalchemy import update
+
+    table = models.StudyUserAttributeModel.__table__
+    with _rdb(storage).engine.begin() as conn:
+        result = conn.execute(
+            update(table)
+            .where(table.c.study_id == study_id, table.c.key == key, table.c.value_json == json.dumps(expected))
+            .values(value_json=json.dumps(new))
+        )
+        return result.rowcount == 1

@@ -135,3 +135,15 @@ def test_per_trial_tensorboard_logs_with_hparams(workdir):
         blob = b"".join(p.read_bytes() for p in events)
         assert b"hparams" in blob and b"learning_rate" in blob  # the HParams plugin's session record
         assert (trial_dir / "train").is_dir() and (trial_dir / "validation").is_dir()
+
+
+def test_resume_with_a_raised_budget_runs_only_the_extra_trials(workdir):
+    study_file = write_study(workdir, "grow", budget={"max_trials": 2, "max_epochs": 1})
+    assert cli("submit", study_file, "--storage", "sqlite:///t.db", cwd=workdir).returncode == 0
+    out = cli("submit", study_file, "--storage", "sqlite:///t.db", "--resume", "--max-trials", "3", cwd=workdir)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 more trial slot" in out.stdout
+    study = _load(workdir / "t.db", "grow")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    epochs = cli("submit", study_file, "--storage", "sqlite:///t.db", "--resume", "--epochs", "1", cwd=workdir)
+    assert epochs.returncode == 0 and len(_load(workdir / "t.db", "grow").trials) == 3  # nothing left to run

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,8 @@ class Slot:
 @dataclass
 class AgentState:
     refused: dict[str, str] = field(default_factory=dict)  # study -> reason (code mismatch...)
+    stale_checked: dict[str, float] = field(default_factory=dict)  # study -> monotonic time
+    runners_started: int = 0
 
 
 def detect_gpus(spec: str) -> list[str]:
@@ -138,12 +141,30 @@ class Agent:
             attrs = s.user_attrs
             if not attrs.get(study_mod.READY_ATTR) or attrs.get(study_mod.ABORTED_ATTR) or name in self.state.refused:
                 continue
+            self._fail_stale(s)
+            spec_raw = attrs.get(study_mod.SPEC_ATTR) or {}
+            if (spec_raw.get("budget") or {}).get("timeout") and study_mod.expired(
+                    attrs, study_mod.StudySpec.model_validate(spec_raw)):
+                continue
             if not (waiting_trial_ids(self.storage, s._study_id, limit=1) or remaining_budget(self.storage, s._study_id)):
                 continue
             priority = int((attrs.get(study_mod.SPEC_ATTR) or {}).get("priority", 0))
             out.append((priority, attrs.get("submitted_at", ""), name))
         out.sort(key=lambda x: (-x[0], x[1]))
         return out
+
+    def _fail_stale(self, frozen: Any) -> None:
+        """Fail and re-queue trials whose heartbeat went stale, also in studies with no budget
+        left (no runner of theirs would look any more); at most once per heartbeat interval."""
+        import optuna
+
+        from tuner_service.storage import HEARTBEAT_INTERVAL
+
+        now = time.monotonic()
+        if now - self.state.stale_checked.get(frozen.study_name, 0.0) < HEARTBEAT_INTERVAL:
+            return
+        self.state.stale_checked[frozen.study_name] = now
+        optuna.storages.fail_stale_trials(optuna.load_study(study_name=frozen.study_name, storage=self.storage))
 
     def choose(self, active: list[tuple[int, str, str]]) -> str | None:
         if not active:
@@ -168,7 +189,10 @@ class Agent:
 
     def start_runner(self, slot: Slot, study: str) -> None:
         env = self._slot_env(slot)
-        cmd = [sys.executable, "-m", "tuner_service.worker", study, "--slot", slot.label,
+        # A distinct sampler stream per runner, on every machine and after every recycle.
+        self.state.runners_started += 1
+        index = zlib.crc32(f"{self.host}/{slot.label}/{os.getpid()}/{self.state.runners_started}".encode()) % 1_000_003
+        cmd = [sys.executable, "-m", "tuner_service.worker", study, "--slot", slot.label, "--index", str(index),
                "--max-trials", str(self.max_trials_per_runner)]
         if self.memory_limit_mb:
             cmd += ["--memory-limit-mb", str(self.memory_limit_mb)]

@@ -235,7 +235,7 @@ def retrain(
     study: str = typer.Argument(..., help="Study name."),
     storage: Optional[str] = StorageOpt,
     trial: Optional[int] = typer.Option(None, "--trial", help="Trial number (default: the best trial)."),
-    epochs: str = typer.Option("auto", "--epochs", help="'auto' (the trial's best epoch, scaled) or a number."),
+    epochs: str = typer.Option("auto", "--epochs", help="'auto' (the trial's best epoch) or a number."),
     output: Path = typer.Option(Path("models"), "--output", help="Directory for model.keras and metrics.json."),
     seeds: int = typer.Option(1, "--seeds", min=1, help="Train K seeds; report mean and spread."),
     on_agent: bool = typer.Option(False, "--on-agent", help="Run in a worker/agent slot instead of here."),
@@ -296,7 +296,10 @@ def agent(
 
 
 def main() -> None:
-    from typer._click import exceptions as click_exc  # typer vendors click
+    try:
+        from typer._click import exceptions as click_exc  # typer >= 0.20 vendors click
+    except ImportError:  # pragma: no cover - older typer on plain click
+        from click import exceptions as click_exc
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:

@@ -39,3 +39,10 @@ class WorkersFailed(TunerServiceError):
     """Local worker processes exited while the study still had work left."""
 
     exit_code = 1
+
+
+class StorageOutage(TunerServiceError):
+    """The storage stayed unreachable while a study was running (not a user error: a worker
+    exits with this code and its trial is re-queued by whoever sees its heartbeat go stale)."""
+
+    exit_code = 4

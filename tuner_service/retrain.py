@@ -64,7 +64,8 @@ def retrain(
         if chosen.state != TrialState.COMPLETE:
             raise BadInput(f"trial {trial} of {study_name!r} is {chosen.state.name}, not COMPLETE; "
                            f"retrain a completed trial (omit --trial for the best one)")
-    n_epochs = _epochs(epochs, chosen)
+    # Grid points carry their own epochs (a grid key, or the estimator's); otherwise the trial's.
+    n_epochs = chosen.params.get("epochs", spec.epochs) if spec.tuner.name == "grid" else _epochs(epochs, chosen)
     if seeds < 1:
         raise BadInput(f"--seeds {seeds} is not valid; give 1 or more")
     run_dir = _new_run_dir(Path(output), study_name)

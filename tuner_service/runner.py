@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from tuner_service.errors import BadInput, TrialError  # noqa: E402
+from tuner_service.errors import BadInput, TrialError, TunerServiceError  # noqa: E402
 
 if TYPE_CHECKING:
     import optuna
@@ -207,7 +207,7 @@ class TrialRunner:
     def build(self, hp: Any) -> Any:
         try:
             model = self.hypermodel.build(hp)
-        except (TrialError, BadInput, TrialInterrupted):
+        except (TunerServiceError, TrialInterrupted):
             raise
         except Exception as exc:
             raise TrialError(f"build_model raised {type(exc).__name__}: {_one_line(exc)}") from exc
@@ -241,8 +241,8 @@ class TrialRunner:
                 callbacks=self.callbacks(reporter, extra_callbacks),
                 verbose=verbose,
             )
-        except (TrialError, BadInput, TrialInterrupted):
-            raise
+        except (TunerServiceError, TrialInterrupted):
+            raise  # ours (incl. a storage outage while reporting) keep their meaning
         except Exception as exc:
             raise TrialError(f"fit raised {type(exc).__name__}: {_one_line(exc)}") from exc
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner_service import study as study_mod
 from tuner_service.errors import BadInput, StudyAborted, WorkersFailed
-from tuner_service.storage import mask_password, open_storage, resolve_url, sqlite_path
+from tuner_service.storage import check_url, mask_password, open_storage, resolve_url, sqlite_path
 
 if TYPE_CHECKING:
     import optuna
@@ -35,6 +35,7 @@ def submit(
     from tuner_service import tuners
 
     url = resolve_url(storage_url)
+    check_url(url)  # before the (slow) model check
     existing = _existing_study(url, spec.name)
     if existing is not None and not (resume or replace):
         raise BadInput(
@@ -115,8 +116,12 @@ def run_local(
     try:
         if workers == 1:
             w = Worker(spec.name, url, WorkerOptions(index=0, threads=threads), runner=runner)
-            w.install_signal_handlers()
-            w.run()
+            previous = w.install_signal_handlers()
+            try:
+                w.run()
+            finally:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
         else:
             # The storage URL travels in the environment: a password in argv is visible in `ps`.
             env = {**os.environ, "TUNER_SERVICE_STORAGE": url}

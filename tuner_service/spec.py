@@ -159,8 +159,8 @@ class StudySpec(_Strict):
 
     @property
     def epochs(self) -> int:
-        """Epochs one trial trains for at most (Hyperband's maximum resource)."""
-        return self.budget.max_epochs or self.fit.epochs or 10
+        """Epochs one trial trains for: fit.epochs, else budget.max_epochs, else 10."""
+        return self.fit.epochs or self.budget.max_epochs or 10
 
     @property
     def maximize(self) -> bool:
@@ -272,7 +272,9 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
             node[key] = child
             node = child
         if leaf == "tuner" and not parents and isinstance(node.get("tuner"), dict):
-            node["tuner"] = {**node["tuner"], "name": value}
+            old = node["tuner"]
+            # Another tuner's options do not apply to this one; the same tuner keeps them.
+            node["tuner"] = {**old, "name": value} if old.get("name") == value else {"name": value}
         else:
             node[leaf] = value
     return raw
@@ -302,9 +304,26 @@ def load_spec(path: str | Path | None, overrides: dict[str, Any] | None = None) 
     raw = apply_overrides(raw, overrides or {})
     if isinstance(raw.get("model"), str):
         raw["model"] = _resolve_model_path(raw["model"], base)
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("source"), str):
+        source = data["source"]
+        if source.startswith("npz:"):
+            data["source"] = "npz:" + _resolve_path(source[4:], base)
+        elif source.count(":") == 1 and source.split(":")[0].endswith(".py"):
+            data["source"] = _resolve_model_path(source, base)
     spec = validate_spec(raw, source=str(path) if path else "spec")
     check_model_ref(spec.model)
     return spec
+
+
+def _resolve_path(path: str, base: Path) -> str:
+    p = Path(path)
+    if not p.is_absolute():
+        p = base / p
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p.resolve())
 
 
 def _resolve_model_path(ref: str, base: Path) -> str:

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuner_service.errors import BadInput, StorageUnavailable
+from tuner_service.errors import BadInput, StorageOutage, StorageUnavailable
 
 if TYPE_CHECKING:
     import optuna
@@ -186,7 +186,7 @@ def with_storage_retry(fn: Any, *args: Any, what: str = "storage", **kwargs: Any
             result = fn(*args, **kwargs)
         except (StorageInternalError, DBAPIError) as exc:
             if time.monotonic() + delay > deadline:
-                raise StorageUnavailable(f"storage unreachable for {STORAGE_RETRY_SECONDS:.0f} s during {what}: "
+                raise StorageOutage(f"storage unreachable for {STORAGE_RETRY_SECONDS:.0f} s during {what}: "
                                          f"{mask_password(_first_line(exc))}") from None
             if not warned:
                 log.warning("storage unavailable during %s (%s); retrying with backoff",
@@ -267,6 +267,7 @@ def _budget_table() -> Any:
 
 
 _BUDGET = None
+_BUDGET_READY: set[int] = set()  # engines whose table exists (create_all costs a query per call)
 
 
 def budget_table(storage: Any) -> Any:
@@ -280,12 +281,15 @@ def budget_table(storage: Any) -> Any:
     global _BUDGET
     if _BUDGET is None:
         _BUDGET = _budget_table()
-    _BUDGET.metadata.create_all(_rdb(storage).engine, checkfirst=True)
+    engine = _rdb(storage).engine
+    if id(engine) not in _BUDGET_READY:
+        _BUDGET.metadata.create_all(engine, checkfirst=True)
+        _BUDGET_READY.add(id(engine))
     return _BUDGET
 
 
 def add_budget(storage: Any, study_id: int, n: int) -> None:
-    from sqlalchemy import insert, select, update
+    from sqlalchemy import case, insert, select, update
 
     table = budget_table(storage)
     with _rdb(storage).engine.begin() as conn:
@@ -293,8 +297,9 @@ def add_budget(storage: Any, study_id: int, n: int) -> None:
         if row is None:
             conn.execute(insert(table).values(study_id=study_id, remaining=max(n, 0)))
         else:
+            new = table.c.remaining + n
             conn.execute(update(table).where(table.c.study_id == study_id)
-                         .values(remaining=max(table.c.remaining + n, 0)))
+                         .values(remaining=case((new < 0, 0), else_=new)))
 
 
 def take_budget(storage: Any, study_id: int) -> bool:

@@ -118,6 +118,17 @@ def load(storage: Any, name: str, *, sampler: Any = None, pruner: Any = None) ->
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
 
+def expired(user_attrs: dict[str, Any], spec: StudySpec) -> bool:
+    """Whether the study's ``budget.timeout`` has passed (counted from its last (re)start)."""
+    if not spec.budget.timeout:
+        return False
+    started = user_attrs.get("resumed_at") or user_attrs.get("submitted_at")
+    if not started:
+        return False
+    elapsed = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(started)).total_seconds()
+    return elapsed > spec.budget.timeout
+
+
 def refuse_facade_study(study: optuna.Study) -> None:
     """Studies of ``tuner_service.keras_tuner`` run inside the user's script, with its data."""
     if study.user_attrs.get("keras_tuner"):
@@ -138,7 +149,11 @@ def resume(study: optuna.Study, spec: StudySpec) -> int:
     from tuner_service import tuners
 
     old = stored_spec(study)
-    for key in ("model", "objective", "tuner", "data"):
+    # A grid study's objective is rewritten to the CV score at submit; the file still names its own.
+    keys = ("model", "tuner", "data") if spec.tuner.name == "grid" else ("model", "objective", "tuner", "data")
+    if spec.tuner.name == "grid":
+        spec.objective = old.objective
+    for key in keys:
         if getattr(old, key) != getattr(spec, key):
             raise BadInput(
                 f"--resume: the study file's {key} differs from study {study.study_name!r}'s; "
@@ -148,8 +163,9 @@ def resume(study: optuna.Study, spec: StudySpec) -> int:
     missing = tuners.planned_trials(spec) - counts.total
     if missing > 0 and spec.tuner.name != "grid":
         add_budget(study._storage, study._study_id, missing)
-    study.set_user_attr(SPEC_ATTR, {**spec.to_stored(), "budget": spec.budget.model_dump(mode="json")})
+    study.set_user_attr(SPEC_ATTR, spec.to_stored())
     study.set_user_attr(ABORTED_ATTR, None)
+    study.set_user_attr("resumed_at", _now())  # a timeout counts from here
     return max(missing, 0)
 
 

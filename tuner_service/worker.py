@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tuner_service import study as study_mod
-from tuner_service.errors import BadInput, StudyAborted, TrialError
+from tuner_service.errors import BadInput, StorageOutage, StudyAborted, TrialError
 from tuner_service.storage import HEARTBEAT_INTERVAL, open_storage, set_trial_user_attrs, with_storage_retry
 
 if TYPE_CHECKING:
@@ -38,13 +38,14 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
+HAND_BACK_RETRIES = 1000
 MAX_CONSECUTIVE_FAILURES = int(os.environ.get("TUNER_SERVICE_MAX_CONSECUTIVE_FAILURES", "3"))
 POLL_SECONDS = 1.0
 
 
 @dataclass
 class WorkerOptions:
-    index: int = 0
+    index: int | None = None  # sampler stream; None: derived from host and pid (distinct per process)
     threads: int | None = None
     max_trials: int | None = None  # recycle the process after this many trials
     memory_limit_mb: int | None = None  # ... or once its resident memory exceeds this
@@ -65,6 +66,10 @@ class Worker:
         check_code_identity(probe)
         from tuner_service import tuners
 
+        if self.options.index is None:
+            import zlib
+
+            self.options.index = zlib.crc32(f"{socket.gethostname()}/{os.getpid()}".encode()) % 1_000_003
         sampler, pruner = tuners.make(self.spec, worker=self.options.index)
         self.study = study_mod.load(self.storage, study_name, sampler=sampler, pruner=pruner)
         import optuna
@@ -94,22 +99,27 @@ class Worker:
     def stop(self) -> None:
         self._stop.set()
 
-    def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT: stop claiming, and hand the running trial back at once."""
+    def install_signal_handlers(self) -> dict[int, Any]:
+        """SIGTERM/SIGINT: stop claiming, and hand the running trial back at once.
+
+        Returns the previous handlers, for callers that run a worker inside a longer-lived
+        program (``submit`` from Python) to restore."""
         from tuner_service.runner import TrialInterrupted
 
         def handler(signum: int, _frame: Any) -> None:
             self._stop.set()
-            if self._current is not None:
+            # Raise into the trial only once: a terminal and a parent may both deliver SIGINT.
+            current, self._current = self._current, None
+            if current is not None:
                 raise TrialInterrupted(signal.Signals(signum).name)
 
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def run(self, on_trial_done: Callable[[Any], None] | None = None) -> int:
         """Claim and run trials until none is left; returns how many this worker ran."""
 
         consecutive_failures = 0
+        _ = self.runner  # imports, user code and data first: a failure here must not strand a claimed trial
         while not self._stop.is_set():
             trial, finished = with_storage_retry(self._next_trial, what="claiming a trial")
             if finished:
@@ -129,8 +139,9 @@ class Worker:
                 raise StudyAborted(f"study {self.spec.name!r} stopped: {reason}")
             if self.options.max_trials and self.trials_run >= self.options.max_trials:
                 break
-            if self.options.memory_limit_mb and rss_mb() > self.options.memory_limit_mb:
-                _log.info("recycling: resident memory %.0f MB > %d MB", rss_mb(), self.options.memory_limit_mb)
+            rss = rss_mb() if self.options.memory_limit_mb else 0.0
+            if self.options.memory_limit_mb and rss > self.options.memory_limit_mb:
+                _log.info("recycling: resident memory %.0f MB > %d MB", rss, self.options.memory_limit_mb)
                 break
         if self.trials_run:
             from tuner_service.notes import write_study_note
@@ -144,7 +155,8 @@ class Worker:
         from optuna.trial import TrialState
 
         optuna.storages.fail_stale_trials(self.study)
-        if self._expired() or self.study.user_attrs.get(study_mod.ABORTED_ATTR):
+        attrs = self.study.user_attrs
+        if study_mod.expired(attrs, self.spec) or attrs.get(study_mod.ABORTED_ATTR):
             return None, True
         trial = claim(self.study)
         if trial is None:
@@ -152,15 +164,6 @@ class Worker:
             running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             return None, not running
         return trial, False
-
-    def _expired(self) -> bool:
-        timeout = self.spec.budget.timeout
-        if not timeout:
-            return False
-        import datetime as dt
-
-        started = dt.datetime.fromisoformat(self.study.user_attrs["submitted_at"])
-        return (dt.datetime.now(dt.timezone.utc) - started).total_seconds() > timeout
 
     # ------------------------------------------------------------------ one trial
 
@@ -202,23 +205,45 @@ class Worker:
         except TrialInterrupted as exc:
             self._current = None
             reason = f"worker stopped ({exc})"
-            record({"fail_reason": reason}, "handing a trial back")  # before tell: finished trials are read-only
-            tell(state=TrialState.FAIL)
-            with_storage_retry(lambda: requeue(self.study, storage.get_trial(tid), reason=reason), what="re-queueing")
-            return "HANDED_BACK"
+
+            def hand_back() -> None:
+                record({"fail_reason": reason}, "handing a trial back")  # before tell: finished trials are read-only
+                tell(state=TrialState.FAIL)
+                # Preemption is not the trial's fault: hand-backs do not use up its retries.
+                with_storage_retry(lambda: requeue(self.study, storage.get_trial(tid), reason=reason,
+                                                   max_retry=HAND_BACK_RETRIES), what="re-queueing")
+
+            return self._unless_superseded(trial, hand_back, "HANDED_BACK")
         except (TrialError, BadInput) as exc:
             self._current = None
-            record({"fail_reason": str(exc), "traceback": traceback.format_exc()[-8000:]}, "recording a failure")
-            tell(state=TrialState.FAIL)
-            return "FAIL"
+            details = {"fail_reason": str(exc), "traceback": traceback.format_exc()[-8000:]}
+
+            def fail() -> None:
+                record(details, "recording a failure")
+                tell(state=TrialState.FAIL)
+
+            return self._unless_superseded(trial, fail, "FAIL")
         except optuna.exceptions.UpdateFinishedTrialError:
-            # Our heartbeat went stale (e.g. a long database outage) and another worker failed
-            # and re-queued this trial meanwhile: its retry will run; this result is dropped.
-            _log.warning("trial %s was failed as stale while running; its retry runs instead", trial.number)
-            return "SUPERSEDED"
+            return self._superseded(trial)
         finally:
             self._current = None
             beat.stop()
+
+    def _unless_superseded(self, trial: optuna.Trial, action: Callable[[], None], state: str) -> str:
+        import optuna
+
+        try:
+            action()
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return self._superseded(trial)
+        return state
+
+    @staticmethod
+    def _superseded(trial: optuna.Trial) -> str:
+        # Our heartbeat went stale (e.g. a long database outage) and another worker failed and
+        # re-queued this trial meanwhile: its retry runs; this run's outcome is dropped.
+        _log.warning("trial %s was failed as stale while running; its retry runs instead", trial.number)
+        return "SUPERSEDED"
 
     def _run_attrs(self, runner: Any) -> dict[str, Any]:
         attrs = {
@@ -264,6 +289,7 @@ def claim(study: optuna.Study) -> optuna.Trial | None:
         for trial_id in candidates:
             try:
                 if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                    _first_heartbeat(storage, trial_id)
                     # Optuna's cache layer must see the trial before params can be set on it.
                     storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
                     return optuna.Trial(study, trial_id)
@@ -271,8 +297,21 @@ def claim(study: optuna.Study) -> optuna.Trial | None:
                 continue
         # Every candidate was taken by other workers meanwhile: look again.
     if take_budget(storage, study._study_id):
-        return optuna.Trial(study, storage.create_new_trial(study._study_id))
+        # The slot is ours: create its trial even through an outage rather than lose the slot.
+        trial_id = with_storage_retry(storage.create_new_trial, study._study_id, what="creating a trial")
+        _first_heartbeat(storage, trial_id)
+        return optuna.Trial(study, trial_id)
     return None
+
+
+def _first_heartbeat(storage: Any, trial_id: int) -> None:
+    """Beat at once on claim: Optuna never fails a trial that has no heartbeat at all, so a
+    worker dying between the claim and its first beat would leave the trial RUNNING forever."""
+    from tuner_service.storage import _rdb
+
+    backend = _rdb(storage)
+    if getattr(backend, "get_heartbeat_interval", lambda: None)() is not None:
+        backend.record_heartbeat(trial_id)
 
 
 def check_code_identity(study: optuna.Study) -> None:
@@ -324,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tuner_service.worker")
     p.add_argument("study")
     p.add_argument("--storage")
-    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--index", type=int)
     p.add_argument("--threads", type=int)
     p.add_argument("--max-trials", type=int)
     p.add_argument("--slot")
@@ -336,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             memory_limit_mb=args.memory_limit_mb))
         worker.install_signal_handlers()
         worker.run()
-    except (BadInput, StudyAborted) as exc:
+    except (BadInput, StudyAborted, StorageOutage) as exc:
         print(f"error: {mask_password(str(exc))}", flush=True)
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:

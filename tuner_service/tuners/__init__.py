@@ -90,7 +90,7 @@ def _hyperband(spec: StudySpec, worker: int) -> tuple[Any, Any]:
 
     o = HyperbandOptions(**spec.tuner.options)
     pruner = optuna.pruners.HyperbandPruner(
-        min_resource=o.min_epochs, max_resource=spec.epochs, reduction_factor=o.factor
+        min_resource=o.min_epochs, max_resource=spec.budget.max_epochs or spec.epochs, reduction_factor=o.factor
     )
     sampler = _tpe(spec, worker)[0] if o.sampler == "tpe" else TrialSeededRandomSampler(spec.seed)
     return sampler, pruner
@@ -158,7 +158,8 @@ def planned_trials(spec: StudySpec) -> int:
         return spec.budget.max_trials
     if spec.tuner.name == "hyperband":
         o = HyperbandOptions(**spec.tuner.options)
-        return o.hyperband_iterations * hyperband_bracket_trials(spec.epochs, o.factor, o.min_epochs)
+        return o.hyperband_iterations * hyperband_bracket_trials(spec.budget.max_epochs or spec.epochs, o.factor,
+                                                                 o.min_epochs)
     planner = getattr(get(spec.tuner.name), "planned_trials", None)
     return planner(spec) if planner else 20
 

@@ -14,7 +14,17 @@ PLAIN = MODELS / "plain.py"
 GRID = {"epochs": [1, 2, 3], "batch_size": [32, 64]}
 
 
-def test_grid_equals_gridsearchcv_and_is_shared_by_three_workers(workdir):
+@pytest.fixture
+def restore_tf_determinism():
+    """SciKeras' random_state switches TensorFlow op determinism on for this process and
+    leaves it on; later in-process tests with unseeded random ops would then fail."""
+    yield
+    import tensorflow as tf
+
+    tf.config.experimental.disable_op_determinism()
+
+
+def test_grid_equals_gridsearchcv_and_is_shared_by_three_workers(workdir, restore_tf_determinism):
     from sklearn.base import is_classifier
     from sklearn.model_selection import GridSearchCV, ParameterGrid
 

@@ -273,20 +273,14 @@ class Agent:
         import optuna
         from optuna.trial import TrialState
 
-        from tuner_service.retry import requeue
+        from tuner_service.retry import fail_and_requeue
 
         if study_name is None:
             return
         study = optuna.load_study(study_name=study_name, storage=self.storage)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.user_attrs.get("pid") == pid and t.user_attrs.get("host") == self.host:
-                try:
-                    # The reason first: a finished trial's attrs are read-only.
-                    self.storage.set_trial_user_attr(t._trial_id, "fail_reason", "runner process died")
-                    if self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                        requeue(study, self.storage.get_trial(t._trial_id), reason="runner process died")
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    pass  # a heartbeat check got there first
+                fail_and_requeue(study, t._trial_id, reason="runner process died")
 
     # ------------------------------------------------------------------ main loop
 

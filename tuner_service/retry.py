@@ -15,7 +15,11 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-MAX_RETRIES = 3
+import os
+
+#: How often a trial whose run died (crash, OOM kill, lost machine) is retried before it stays
+#: FAIL: a model that kills its runner every time must not loop forever.
+MAX_RETRIES = int(os.environ.get("TUNER_SERVICE_MAX_RETRIES", "3"))
 
 #: System attrs that must not be carried to the retry (they describe the failed run).
 _RUN_ONLY_SYSTEM_ATTRS = ("checkpoint_epoch",)
@@ -34,6 +38,26 @@ class RequeueStaleTrial:
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         requeue(study, trial, reason=self.reason, max_retry=self.max_retry)
+
+
+def fail_and_requeue(study: optuna.Study, trial_id: int, *, reason: str, max_retry: int = MAX_RETRIES) -> bool:
+    """Fail a RUNNING trial whose run is gone and enqueue its retry; False when another process
+    finished it first or its retries are used up. The reason (and whether retries ran out) is
+    written before the trial is failed: Optuna keeps finished trials read-only."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    frozen = storage.get_trial(trial_id)
+    if len(frozen.system_attrs.get("retry_history", [])) + 1 > max_retry:
+        reason = f"{reason}; gave up after {max_retry} retries"
+    try:
+        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False  # a heartbeat check or the worker itself got there first
+    return requeue(study, storage.get_trial(trial_id), reason=reason, max_retry=max_retry)
 
 
 def requeue(

@@ -172,7 +172,7 @@ class Worker:
         import optuna
         from optuna.trial import TrialState
 
-        from tuner_service.retry import requeue
+        from tuner_service.retry import fail_and_requeue
         from tuner_service.runner import TrialInterrupted
 
         storage, tid = self.storage, trial._trial_id
@@ -207,11 +207,9 @@ class Worker:
             reason = f"worker stopped ({exc})"
 
             def hand_back() -> None:
-                record({"fail_reason": reason}, "handing a trial back")  # before tell: finished trials are read-only
-                tell(state=TrialState.FAIL)
                 # Preemption is not the trial's fault: hand-backs do not use up its retries.
-                with_storage_retry(lambda: requeue(self.study, storage.get_trial(tid), reason=reason,
-                                                   max_retry=HAND_BACK_RETRIES), what="re-queueing")
+                with_storage_retry(fail_and_requeue, self.study, tid, reason=reason, max_retry=HAND_BACK_RETRIES,
+                                   what="handing a trial back")
 
             return self._unless_superseded(trial, hand_back, "HANDED_BACK")
         except (TrialError, BadInput) as exc:

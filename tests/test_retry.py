@@ -1,0 +1,32 @@
+"""Retries of dead runs: same parameters, a bounded chain, and the reason recorded."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from tuner_service.retry import fail_and_requeue
+from tuner_service.storage import add_budget, open_storage
+from tuner_service.study import Counts
+from tuner_service.worker import claim
+
+
+def test_a_trial_that_keeps_dying_is_retried_three_times_then_stays_failed(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path / 'r.db'}", heartbeat=True)
+    study = optuna.create_study(study_name="r", storage=storage)
+    add_budget(storage, study._study_id, 1)
+    trial = claim(study)
+    params = {"x": trial.suggest_float("x", 0, 1), "n": trial.suggest_int("n", 1, 9)}
+    for _ in range(4):
+        fail_and_requeue(study, trial._trial_id, reason="runner process died", max_retry=3)
+        trial = claim(study)
+        if trial is None:
+            break
+        assert trial.params == params, "a retry runs the same point"
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * 4 and claim(study) is None
+    assert trials[-1].user_attrs["fail_reason"] == "runner process died; gave up after 3 retries"
+    assert all(t.user_attrs["fail_reason"] == "runner process died" for t in trials[:-1])
+    assert trials[-1].system_attrs["retry_history"] == [0, 1, 2]
+    counts = Counts.of(trials)
+    assert (counts.failed, counts.retried, counts.budget_used) == (1, 3, 1)  # one slot, spent once

@@ -19,9 +19,9 @@ def restore_tf_determinism():
     """SciKeras' random_state switches TensorFlow op determinism on for this process and
     leaves it on; later in-process tests with unseeded random ops would then fail."""
     yield
-    import tensorflow as tf
+    from tensorflow.python.framework import config  # no public "disable"; SciKeras uses the same call
 
-    tf.config.experimental.disable_op_determinism()
+    config.disable_op_determinism()
 
 
 def test_grid_equals_gridsearchcv_and_is_shared_by_three_workers(workdir, restore_tf_determinism):

@@ -283,7 +283,15 @@ def budget_table(storage: Any) -> Any:
         _BUDGET = _budget_table()
     engine = _rdb(storage).engine
     if id(engine) not in _BUDGET_READY:
-        _BUDGET.metadata.create_all(engine, checkfirst=True)
+        from sqlalchemy import inspect
+        from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+        try:
+            _BUDGET.metadata.create_all(engine, checkfirst=True)
+        except (IntegrityError, ProgrammingError, OperationalError):
+            # Several processes on a fresh database raced to create it; one won.
+            if not inspect(engine).has_table(_BUDGET.name):
+                raise
         _BUDGET_READY.add(id(engine))
     return _BUDGET
 

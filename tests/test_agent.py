@@ -115,7 +115,7 @@ def test_killed_runner_fails_only_its_trial_and_the_retry_completes(workdir):
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 3 and all(t.state != TrialState.RUNNING for t in trials)
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
-    assert len(retry) == 1 and retry[0].params == victim.params and retry[0].state == TrialState.COMPLETE
+    assert len(retry) == 1 and retry[0].params == trials[victim.number].params and retry[0].state == TrialState.COMPLETE
     assert "runner process died" in trials[victim.number].user_attrs["fail_reason"]
 
 
@@ -133,7 +133,8 @@ def test_sigterm_hands_the_running_trial_back(workdir):
     assert "worker stopped (SIGTERM)" in trials[victim.number].user_attrs["fail_reason"]
     assert not any(t.state == TrialState.COMPLETE for t in trials)
     waiting = [t for t in trials if t.state == TrialState.WAITING]
-    assert len(waiting) == 1 and waiting[0].params == victim.params  # the hand-back, re-queued
+    # The hand-back, re-queued with every parameter the stopped run had drawn.
+    assert len(waiting) == 1 and waiting[0].params == trials[victim.number].params
     # Starting again continues to exactly the budget.
     again = cli("worker", "term", "--storage", "sqlite:///t.db", cwd=workdir)
     assert again.returncode == 0, again.stderr
@@ -155,7 +156,7 @@ def test_sigkilled_worker_is_recovered_by_heartbeat(workdir):
     assert trials[victim.number].state == TrialState.FAIL
     retry = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
     assert len(retry) == 1 and retry[0].user_attrs["retry_reason"] == "heartbeat stale"
-    assert retry[0].params == victim.params
+    assert retry[0].params == trials[victim.number].params
     assert [t.state for t in trials].count(TrialState.COMPLETE) == 2
     assert not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
 

@@ -30,3 +30,16 @@ def test_a_trial_that_keeps_dying_is_retried_three_times_then_stays_failed(tmp_p
     assert trials[-1].system_attrs["retry_history"] == [0, 1, 2]
     counts = Counts.of(trials)
     assert (counts.failed, counts.retried, counts.budget_used) == (1, 3, 1)  # one slot, spent once
+
+
+def test_every_worker_index_gives_a_valid_sampler_seed():
+    """Agent runners and `tuner-service worker` derive large stream indexes (crc32-based)."""
+    from tuner_service.spec import StudySpec
+    from tuner_service.tuners import make
+
+    for tuner in ("tpe", "bayesian", "hyperband", "random"):
+        spec = StudySpec.model_validate({"name": "s", "model": "m.py:f", "tuner": tuner, "seed": 2**31})
+        for worker in (0, 1, 1_000_002):
+            sampler, _ = make(spec, worker=worker)
+            study = optuna.create_study(sampler=sampler)
+            study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)

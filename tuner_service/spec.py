@@ -139,7 +139,7 @@ class StudySpec(_Strict):
     tuner: TunerSpec = Field(default_factory=TunerSpec)
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     fit: FitSpec = Field(default_factory=FitSpec)
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**32)
     priority: int = 0
     checkpoints: bool = False
 

@@ -80,7 +80,7 @@ def _tpe(spec: StudySpec, worker: int) -> tuple[Any, Any]:
         multivariate=o.multivariate,
         group=o.multivariate,  # conditional spaces (layers that exist only for some trials)
         constant_liar=o.constant_liar,
-        seed=spec.seed + 7919 * worker,  # distinct streams per worker, reproducible per study
+        seed=(spec.seed + 7919 * worker) % 2**32,  # distinct streams per worker, reproducible per study
     )
     return sampler, optuna.pruners.NopPruner()
 
@@ -103,7 +103,7 @@ def _bayesian(spec: StudySpec, worker: int) -> tuple[Any, Any]:
 
     o = BayesianOptions(**spec.tuner.options)
     sampler = BayesianSampler(
-        num_initial_points=o.num_initial_points, alpha=o.alpha, beta=o.beta, seed=spec.seed + 7919 * worker
+        num_initial_points=o.num_initial_points, alpha=o.alpha, beta=o.beta, seed=(spec.seed + 7919 * worker) % 2**32
     )
     return sampler, optuna.pruners.NopPruner()
 

@@ -90,7 +90,8 @@ def _wait_for_running(study, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         running = [t for t in study.get_trials() if t.state == TrialState.RUNNING and "pid" in t.user_attrs]
-        if running and running[0].params:
+        # build_model's last parameter drawn: the model is built and every parameter is stored.
+        if running and "learning_rate" in running[0].params:
             return running[0]
         time.sleep(0.3)
     raise AssertionError("no trial started running")
@@ -207,6 +208,7 @@ def test_two_agents_share_a_postgres_study_through_a_server_restart(workdir, pos
     trials = optuna.load_study(study_name="shared", storage=pg_url).get_trials()
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers))
-    assert [t.state for t in trials].count(TrialState.COMPLETE) == 12
+    failed = {t.number: t.user_attrs.get("fail_reason") for t in trials if t.state != TrialState.COMPLETE}
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 12, (failed, outputs)
     assert not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
     assert len({t.user_attrs["pid"] for t in trials}) >= 2, "both agents' runners ran trials"

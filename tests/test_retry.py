@@ -43,3 +43,27 @@ def test_every_worker_index_gives_a_valid_sampler_seed():
             sampler, _ = make(spec, worker=worker)
             study = optuna.create_study(sampler=sampler)
             study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+
+
+def test_a_database_blip_while_build_model_draws_a_parameter_is_retried():
+    """A PostgreSQL restart while ``hp.Int`` stores its value must not fail the trial as the
+    user's error (it did, in CI: "build_model raised StorageInternalError")."""
+    from optuna.exceptions import StorageInternalError
+
+    from tuner_service.hp import TrialHyperParameters
+
+    class Flaky(optuna.storages.InMemoryStorage):
+        failures = 2
+
+        def set_trial_param(self, *args, **kwargs):
+            if self.failures:
+                self.failures -= 1
+                raise StorageInternalError("server closed the connection unexpectedly")
+            return super().set_trial_param(*args, **kwargs)
+
+    storage = Flaky()
+    study = optuna.create_study(storage=storage)
+    hp = TrialHyperParameters(study.ask())
+    units = hp.Int("units", 8, 64, step=8)
+    assert storage.failures == 0
+    assert study.trials[0].params == {"units": units} and hp.values == {"units": units}

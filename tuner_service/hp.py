@@ -52,7 +52,10 @@ class TrialHyperParameters(kt.HyperParameters):
         value = super()._register(hyperparameter, overwrite)
         if self._trial is None or not self.is_active(hyperparameter):
             return value
-        value = suggest(self._trial, hyperparameter)
+        from tuner_service.storage import with_storage_retry
+
+        # A database restart while build_model runs must not fail the trial as the user's error.
+        value = with_storage_retry(suggest, self._trial, hyperparameter, what="storing a parameter")
         self.values[hyperparameter.name] = value
         return value
 

@@ -42,15 +42,26 @@ def configure_threads(threads: int | None) -> None:
 
 def configure_gpu() -> None:
     """Memory growth on every visible GPU, and a cap when the agent shares a GPU between
-    runners (``TUNER_SERVICE_GPU_MEMORY_MB``). TensorFlow only; JAX gets its settings from
-    the environment the agent sets (``XLA_PYTHON_CLIENT_PREALLOCATE=false``)."""
+    runners (``TUNER_SERVICE_GPU_MEMORY_MB``). TensorFlow: a logical device of that size (else
+    memory growth); torch: ``set_per_process_memory_fraction`` of that size (its caching
+    allocator grows on demand anyway). JAX gets both from the environment the agent sets
+    before the runner starts (``XLA_PYTHON_CLIENT_PREALLOCATE=false``,
+    ``XLA_PYTHON_CLIENT_MEM_FRACTION``): they must be set before its GPU client exists."""
     import keras
 
+    cap = os.environ.get("TUNER_SERVICE_GPU_MEMORY_MB")
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if cap and torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                total = torch.cuda.get_device_properties(i).total_memory
+                torch.cuda.set_per_process_memory_fraction(min(1.0, int(cap) * 2**20 / total), i)
+        return
     if keras.backend.backend() != "tensorflow":
         return
     import tensorflow as tf
 
-    cap = os.environ.get("TUNER_SERVICE_GPU_MEMORY_MB")
     for gpu in tf.config.list_physical_devices("GPU"):
         try:
             if cap:
@@ -217,6 +228,7 @@ class TrialRunner:
         except (TunerServiceError, TrialInterrupted):
             raise
         except Exception as exc:
+            _reraise_storage_error(exc)
             raise TrialError(f"build_model raised {type(exc).__name__}: {_one_line(exc)}") from exc
         if not isinstance(model, self.keras.Model):
             raise TrialError(
@@ -251,6 +263,7 @@ class TrialRunner:
         except (TunerServiceError, TrialInterrupted):
             raise  # ours (incl. a storage outage while reporting) keep their meaning
         except Exception as exc:
+            _reraise_storage_error(exc)
             raise TrialError(f"fit raised {type(exc).__name__}: {_one_line(exc)}") from exc
 
     # ----------------------------------------------------------------- one trial
@@ -416,6 +429,21 @@ def _head(x: Any, n: int) -> Any:
     if isinstance(x, dict):
         return {k: v[:n] for k, v in x.items()}
     return x[:n]
+
+
+def _reraise_storage_error(exc: BaseException) -> None:
+    """A database error that reached the user's code (a custom ``fit`` calling
+    ``trial.report``, a storage restart outlasting the retries) is not the model's fault: the
+    worker stops with :class:`StorageOutage` and the trial is retried, instead of failing it as
+    the user's error."""
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, (StorageInternalError, DBAPIError)):
+        from tuner_service.errors import StorageOutage
+        from tuner_service.storage import mask_password
+
+        raise StorageOutage(f"storage error inside a trial: {mask_password(_one_line(exc))}") from exc
 
 
 def _one_line(exc: BaseException) -> str:

@@ -147,3 +147,24 @@ def test_resume_with_a_raised_budget_runs_only_the_extra_trials(workdir):
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     epochs = cli("submit", study_file, "--storage", "sqlite:///t.db", "--resume", "--epochs", "1", cwd=workdir)
     assert epochs.returncode == 0 and len(_load(workdir / "t.db", "grow").trials) == 3  # nothing left to run
+
+
+def test_a_runner_leaves_no_tensorflow_graphs_behind(workdir):
+    """Keras' TensorFlow optimizer registers a ``tf.custom_gradient`` per trace that TensorFlow
+    never drops; each keeps a FuncGraph alive (~4 MB per trial in a long-lived runner)."""
+    from tuner_service.runner import TrialRunner, _tf_gradient_registry
+    from tuner_service.spec import load_spec
+
+    spec = load_spec(write_study(workdir, "leak", budget={"max_trials": 3, "max_epochs": 1}))
+    runner = TrialRunner(spec)
+    registry = _tf_gradient_registry()
+    assert registry is not None, "TensorFlow's gradient registry moved: update _tf_gradient_registry"
+    custom = lambda: {k for k in registry if k.startswith("CustomGradient-")}  # noqa: E731
+    before = custom()
+    study = optuna.create_study(direction="maximize")
+    for _ in range(3):
+        trial = study.ask()
+        outcome = runner.run(trial, prune=False)
+        study.tell(trial, outcome.value)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert custom() == before

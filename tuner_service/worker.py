@@ -82,6 +82,8 @@ class Worker:
         self._stop = threading.Event()
         self._current: optuna.Trial | None = None
         self.trials_run = 0
+        self._housekeeping_due = 0.0  # next stale-trial check and study-attrs read (monotonic)
+        self._study_attrs: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -154,11 +156,18 @@ class Worker:
         import optuna
         from optuna.trial import TrialState
 
-        optuna.storages.fail_stale_trials(self.study)
-        attrs = self.study.user_attrs
+        now = time.monotonic()
+        if now >= self._housekeeping_due:
+            # Once per heartbeat interval, not per trial: a stale trial cannot be detected
+            # sooner than its grace period anyway, and a stop flag a few seconds late costs at
+            # most one extra trial (each check is a read; short trials would pay it every time).
+            optuna.storages.fail_stale_trials(self.study)
+            self._study_attrs = self.study.user_attrs
+            self._housekeeping_due = now + HEARTBEAT_INTERVAL
+        attrs = self._study_attrs
         if study_mod.expired(attrs, self.spec) or attrs.get(study_mod.ABORTED_ATTR):
             return None, True
-        trial = claim(self.study)
+        trial = claim(self.study, self._run_attrs(self.runner))
         if trial is None:
             # No slot left; while others run, one may die and be re-queued, so keep watching.
             running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -187,8 +196,7 @@ class Worker:
             with_storage_retry(self.study.tell, trial, what="recording a result", **kwargs)
 
         try:
-            beat.start()
-            record(self._run_attrs(runner), "starting a trial")
+            beat.start()  # the claim stored the run attrs (host, pid, slot...)
             outcome = runner.run(trial, prune=self.prune)
             self._current = None
             record({**outcome.attrs, "finished_at_unix": time.time()}, "recording a result")
@@ -267,17 +275,20 @@ def rss_mb() -> float:
         return 0.0
 
 
-def claim(study: optuna.Study) -> optuna.Trial | None:
+def claim(study: optuna.Study, user_attrs: dict[str, Any] | None = None) -> optuna.Trial | None:
     """Atomically take one WAITING trial (WAITING -> RUNNING), or None when there is none.
 
     WAITING trials (retries of failed runs, grid points) go first, with the same atomic
     transition as ``Study.ask``'s queue pop; otherwise a new trial is started only after
     taking a slot from the study's budget counter, so N workers never exceed the budget.
+    ``user_attrs`` are stored with the claim (for a new trial, in the transaction that creates it).
     """
-    import optuna
-    from optuna.trial import TrialState
+    import datetime
 
-    from tuner_service.storage import take_budget, waiting_trial_ids
+    import optuna
+    from optuna.trial import FrozenTrial, TrialState
+
+    from tuner_service.storage import set_trial_user_attrs, take_budget, waiting_trial_ids
 
     storage = study._storage
     while True:
@@ -288,6 +299,8 @@ def claim(study: optuna.Study) -> optuna.Trial | None:
             try:
                 if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
                     _first_heartbeat(storage, trial_id)
+                    if user_attrs:
+                        with_storage_retry(set_trial_user_attrs, storage, trial_id, user_attrs, what="starting a trial")
                     # Optuna's cache layer must see the trial before params can be set on it.
                     storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
                     return optuna.Trial(study, trial_id)
@@ -296,7 +309,12 @@ def claim(study: optuna.Study) -> optuna.Trial | None:
         # Every candidate was taken by other workers meanwhile: look again.
     if take_budget(storage, study._study_id):
         # The slot is ours: create its trial even through an outage rather than lose the slot.
-        trial_id = with_storage_retry(storage.create_new_trial, study._study_id, what="creating a trial")
+        template = FrozenTrial(
+            number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.datetime.now(),
+            datetime_complete=None, params={}, distributions={}, user_attrs=dict(user_attrs or {}),
+            system_attrs={}, intermediate_values={}, trial_id=-1,
+        )
+        trial_id = with_storage_retry(storage.create_new_trial, study._study_id, template, what="creating a trial")
         _first_heartbeat(storage, trial_id)
         return optuna.Trial(study, trial_id)
     return None

@@ -14,7 +14,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from tuner_service.tuners.bayesian import PROPOSAL_ATTR, BayesianSampler, _Space
+from tuner_service.tuners._unique import Space
+from tuner_service.tuners.bayesian import PROPOSAL_ATTR, BayesianSampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -164,7 +165,7 @@ def test_concurrent_processes_never_repeat_a_point(tmp_path: Any) -> None:
 
 
 def test_mixed_distribution_round_trip() -> None:
-    space = _Space(
+    space = Space(
         {
             "f": FloatDistribution(1e-4, 1.0, log=True),
             "s": FloatDistribution(0.0, 1.0, step=0.25),

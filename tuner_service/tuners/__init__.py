@@ -71,17 +71,26 @@ def _random(spec: StudySpec, worker: int) -> tuple[Any, Any]:
     return TrialSeededRandomSampler(spec.seed), optuna.pruners.NopPruner()
 
 
-def _tpe(spec: StudySpec, worker: int) -> tuple[Any, Any]:
+def _tpe_sampler(spec: StudySpec, worker: int) -> Any:
     import optuna
 
     o = TPEOptions(**spec.tuner.options)
-    sampler = optuna.samplers.TPESampler(
+    return optuna.samplers.TPESampler(
         n_startup_trials=o.n_startup_trials,
         multivariate=o.multivariate,
         group=o.multivariate,  # conditional spaces (layers that exist only for some trials)
         constant_liar=o.constant_liar,
         seed=(spec.seed + 7919 * worker) % 2**32,  # distinct streams per worker, reproducible per study
     )
+
+
+def _tpe(spec: StudySpec, worker: int) -> tuple[Any, Any]:
+    import optuna
+
+    from tuner_service.tuners._unique import UniqueSampler
+
+    # No trial repeats another's parameter set while unseen points exist (parallel workers included).
+    sampler = UniqueSampler(_tpe_sampler(spec, worker), seed=(spec.seed + 7919 * worker) % 2**32)
     return sampler, optuna.pruners.NopPruner()
 
 
@@ -92,7 +101,7 @@ def _hyperband(spec: StudySpec, worker: int) -> tuple[Any, Any]:
     pruner = optuna.pruners.HyperbandPruner(
         min_resource=o.min_epochs, max_resource=spec.budget.max_epochs or spec.epochs, reduction_factor=o.factor
     )
-    sampler = _tpe(spec, worker)[0] if o.sampler == "tpe" else TrialSeededRandomSampler(spec.seed)
+    sampler = _tpe_sampler(spec, worker) if o.sampler == "tpe" else TrialSeededRandomSampler(spec.seed)
     return sampler, pruner
 
 
@@ -110,7 +119,7 @@ def _bayesian(spec: StudySpec, worker: int) -> tuple[Any, Any]:
 
 TUNERS: dict[str, Tuner] = {
     "random": Tuner(RandomOptions, _random, "random search (Optuna RandomSampler)"),
-    "tpe": Tuner(TPEOptions, _tpe, "Tree-structured Parzen Estimator, multivariate, constant liar"),
+    "tpe": Tuner(TPEOptions, _tpe, "Tree-structured Parzen Estimator, multivariate, constant liar, unique points"),
     "hyperband": Tuner(HyperbandOptions, _hyperband, "Hyperband pruning with epochs as the resource"),
     "bayesian": Tuner(BayesianOptions, _bayesian, "Gaussian-process Bayesian optimisation (UCB), like keras-tuner's"),
 }

@@ -31,3 +31,17 @@ def test_help_is_fast(sub: str | None) -> None:
     assert out.returncode == 0, out.stderr
     assert "Usage" in out.stdout
     assert elapsed < 1.5, f"`{' '.join(args[2:])}` took {elapsed:.2f}s"
+
+
+def test_ctrl_c_exits_130_without_a_traceback(monkeypatch):
+    import typer
+
+    from tuner_service import cli as cli_mod
+
+    def interrupted(**_kwargs):
+        raise typer.Abort()
+
+    monkeypatch.setattr(cli_mod, "app", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_mod.main()
+    assert exit_info.value.code == 130

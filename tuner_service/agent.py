@@ -179,12 +179,24 @@ class Agent:
 
     def _slot_env(self, slot: Slot) -> dict[str, str]:
         """Pinning and memory settings for a process in ``slot``, set before it imports Keras.
-        The storage URL travels in the environment: a password in argv is visible in `ps`."""
+        The storage URL travels in the environment: a password in argv is visible in `ps`.
+
+        Memory growth for every backend: TensorFlow's allow-growth, and no preallocation for
+        JAX (whose default takes 75% of the GPU at start-up). When K runners share a GPU, the
+        cap ``TUNER_SERVICE_GPU_MEMORY_MB`` (applied by TensorFlow and torch in
+        ``runner.configure_gpu``) is also given to JAX as ``XLA_PYTHON_CLIENT_MEM_FRACTION``,
+        which bounds its allocator's growth. Variables already set in the agent's environment win."""
         env = {**os.environ, "TUNER_SERVICE_STORAGE": self.url, "CUDA_VISIBLE_DEVICES": slot.cuda_visible_devices,
                "TF_FORCE_GPU_ALLOW_GROWTH": "true", "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        # nvidia-smi numbers GPUs by PCI bus; CUDA's default order (fastest first) can differ.
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         if slot.memory_mb:
             env["TUNER_SERVICE_GPU_MEMORY_MB"] = str(slot.memory_mb)
-            env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+            total = gpu_memory_mb(slot.cuda_visible_devices) if slot.cuda_visible_devices else None
+            sharing = sum(1 for s in self.slots if s.cuda_visible_devices == slot.cuda_visible_devices) or 1
+            fraction = slot.memory_mb / total if total else 0.9 / sharing
+            env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{min(fraction, 1.0):.4f}")
         return env
 
     def start_runner(self, slot: Slot, study: str) -> None:

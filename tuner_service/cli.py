@@ -311,7 +311,7 @@ def main() -> None:
         where = exc.ctx.command_path if exc.ctx is not None else "tuner-service"
         err_console.print(f"[bold red]error:[/] {exc.format_message()} (see `{where} --help`)", soft_wrap=True)
         code = exc.exit_code
-    except click_exc.Abort:
+    except typer.Abort:  # Ctrl-C at a prompt (typer's vendored click has no exceptions.Abort)
         code = 130
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 # reproducible op for op (set TF_ENABLE_ONEDNN_OPTS=1 to trade that for CPU speed).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# JAX takes 75% of a GPU at start-up by default; grow instead (submit's check, plain workers, retrain).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 from tuner_service.errors import BadInput, TrialError, TunerServiceError  # noqa: E402
 

@@ -123,3 +123,25 @@ def test_retrain_on_agent_runs_in_an_agent_slot(searched):
     assert len(runs) == 1 and (runs[0] / "model.keras").exists()
     request = optuna.load_study(study_name="rt", storage=url).user_attrs["retrain_request"]
     assert request["status"] == "done" and request["slot"] == "cpu/0"
+
+
+def test_a_retrain_whose_agent_died_is_taken_over(searched):
+    """A "running" request nobody refreshes any more (its agent was killed) blocks nothing: a new
+    ``--on-agent`` request is refused only while the old one is alive, and an agent takes a stale
+    one over."""
+    import time
+
+    url = f"sqlite:///{searched / 't.db'}"
+    study = optuna.load_study(study_name="rt", storage=url)
+    alive = {"id": "dead0001", "status": "running", "trial": None, "epochs": "auto", "output": "takeover-models",
+             "seeds": 1, "host": "lost-host", "slot": "gpu3/0", "beat_at": time.time()}
+    study.set_user_attr("retrain_request", alive)
+    refused = cli("retrain", "rt", "--storage", "sqlite:///t.db", "--on-agent", cwd=searched)
+    assert refused.returncode == 2 and "already has a retrain running" in refused.stderr
+    study.set_user_attr("retrain_request", {**alive, "beat_at": time.time() - 3600})  # its agent died an hour ago
+    agent = cli("agent", "--gpus", "none", "--once", "--storage", "sqlite:///t.db", cwd=searched)
+    assert agent.returncode == 0, agent.stdout + agent.stderr
+    assert "taken over from lost-host slot gpu3/0" in agent.stdout and "retrain of 'rt' done" in agent.stdout
+    request = optuna.load_study(study_name="rt", storage=url).user_attrs["retrain_request"]
+    assert request["status"] == "done" and request["id"] == "dead0001" and request["slot"] == "cpu/0"
+    assert len(list((searched / "takeover-models" / "rt").glob("retrain-*/model.keras"))) == 1

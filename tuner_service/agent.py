@@ -217,14 +217,32 @@ class Agent:
         self._say(f"slot {slot.label}: runner pid {slot.runner.pid} on study {study!r}")
 
     def pending_retrains(self) -> list[tuple[int, str, dict[str, Any]]]:
-        from tuner_service.retrain import REQUEST_ATTR
+        """Requests waiting for a slot: pending ones, and running ones whose agent stopped
+        refreshing them (taken over: the retrain starts again here)."""
+        from tuner_service.retrain import REQUEST_ATTR, request_is_stale
 
         out = []
         for s in self.storage.get_all_studies():
             request = s.user_attrs.get(REQUEST_ATTR)
-            if request and request.get("status") == "pending" and (not self.only or s.study_name in self.only):
+            if not request or (self.only and s.study_name not in self.only):
+                continue
+            if request.get("status") == "pending" or request_is_stale(request):
                 out.append((s._study_id, s.study_name, request))
         return out
+
+    def beat_retrains(self) -> None:
+        """Refresh ``beat_at`` of the retrain requests this agent runs, so others see them alive."""
+        from tuner_service.retrain import REQUEST_ATTR, REQUEST_BEAT_SECONDS
+        from tuner_service.storage import compare_and_set_study_user_attr
+
+        now = time.time()
+        for slot in self.slots:
+            if slot.retrain is None or now - slot.retrain.get("beat_at", 0) < REQUEST_BEAT_SECONDS:
+                continue
+            current = {k: v for k, v in slot.retrain.items() if k != "study_id"}
+            if compare_and_set_study_user_attr(self.storage, slot.retrain["study_id"], REQUEST_ATTR, current,
+                                               {**current, "beat_at": now}):
+                slot.retrain["beat_at"] = now
 
     def start_retrain(self, slot: Slot, study_id: int, study: str, request: dict[str, Any]) -> bool:
         """Claim a pending ``retrain --on-agent`` request (atomically) and run it in ``slot``."""
@@ -232,7 +250,9 @@ class Agent:
         from tuner_service.storage import compare_and_set_study_user_attr
 
         running = {**request, "status": "running", "host": self.host, "slot": slot.label,
-                   "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                   "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "beat_at": time.time()}
+        if request.get("status") == "running":  # stale: its agent died mid-retrain
+            running["taken_over_from"] = f"{request.get('host')} slot {request.get('slot')}"
         if not compare_and_set_study_user_attr(self.storage, study_id, REQUEST_ATTR, request, running):
             return False  # another agent took it
         cmd = [sys.executable, "-m", "tuner_service", "retrain", study, "--epochs", str(request["epochs"]),
@@ -242,7 +262,8 @@ class Agent:
         slot.log = tempfile.TemporaryFile()
         slot.runner = subprocess.Popen(cmd, env=self._slot_env(slot), stdout=slot.log, stderr=subprocess.STDOUT)
         slot.study, slot.started, slot.retrain = study, time.time(), {**running, "study_id": study_id}
-        self._say(f"slot {slot.label}: retraining {study!r} (pid {slot.runner.pid})")
+        again = f", taken over from {running['taken_over_from']}" if "taken_over_from" in running else ""
+        self._say(f"slot {slot.label}: retraining {study!r} (pid {slot.runner.pid}{again})")
         return True
 
     def _finish_retrain(self, slot: Slot, code: int | None, output: str) -> None:
@@ -309,6 +330,7 @@ class Agent:
                     if slot.runner is not None and slot.runner.poll() is not None:
                         with_storage_retry(self.reap, slot, what="handling a finished runner")
                 # A database outage pauses scheduling (runners wait on their own); it is not fatal.
+                with_storage_retry(self.beat_retrains, what="refreshing retrain requests")
                 retrains = with_storage_retry(self.pending_retrains, what="listing retrain requests")
                 active = with_storage_retry(self.active_studies, what="listing studies")
                 for slot in self.slots:

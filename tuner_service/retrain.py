@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import statistics
 import time
@@ -222,6 +223,18 @@ def _len(x: Any) -> int:
 
 
 REQUEST_ATTR = "retrain_request"
+#: An agent running a retrain refreshes the request's ``beat_at`` this often (seconds) ...
+REQUEST_BEAT_SECONDS = float(os.environ.get("TUNER_SERVICE_RETRAIN_BEAT", "10"))
+#: ... and a "running" request not refreshed for this long is taken over (its agent died).
+REQUEST_STALE_SECONDS = float(os.environ.get("TUNER_SERVICE_RETRAIN_STALE", "60"))
+
+
+def request_is_stale(request: dict[str, Any], now: float | None = None) -> bool:
+    """A "running" request whose agent stopped refreshing it (killed, machine lost)."""
+    if request.get("status") != "running":
+        return False
+    beat = request.get("beat_at")
+    return beat is None or (now if now is not None else time.time()) - float(beat) > REQUEST_STALE_SECONDS
 
 
 def request_on_agent(study_name: str, storage_url: str | None, *, trial: int | None, epochs: str, output: Path,
@@ -232,7 +245,7 @@ def request_on_agent(study_name: str, storage_url: str | None, *, trial: int | N
     study_mod.refuse_facade_study(study)
     study_mod.best_trial(study)  # fail now, not on the agent, when nothing completed
     current = study.user_attrs.get(REQUEST_ATTR)
-    if current and current.get("status") in ("pending", "running"):
+    if current and current.get("status") in ("pending", "running") and not request_is_stale(current):
         raise BadInput(f"study {study_name!r} already has a retrain {current['status']} on an agent "
                        f"(requested {current.get('requested_at')}); wait for it")
     request = {"id": uuid.uuid4().hex[:8], "status": "pending", "trial": trial, "epochs": epochs,

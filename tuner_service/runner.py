@@ -391,6 +391,9 @@ class TrialRunner:
         m = min(_n(d.x_val), 64)
         try:
             model = self.build(hp)
+            # Two batches: compiling the train and test steps would cost more than running them
+            # (about 1 s of every submit, benchmarks/vs_keras_tuner.py), so run them eagerly.
+            model.run_eagerly = True
             reporter = self._reporter_cls(None, self.spec.objective.name, self.spec.maximize, False)
             self.fit(hp, model, reporter, x=_head(d.x_train, n), y=_head(d.y_train, n),
                      validation_data=(_head(d.x_val, m), _head(d.y_val, m)), epochs=1)
@@ -399,7 +402,7 @@ class TrialRunner:
         except TrialError as exc:
             raise BadInput(f"model check failed: {exc}") from None
         finally:
-            self.keras.backend.clear_session()
+            self._clear_session()
         return {"space": {k: _jsonable(v) for k, v in hp.values.items()}}
 
 

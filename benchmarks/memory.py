@@ -7,21 +7,19 @@ every finished trial, so their cost per suggestion grows with the study.
 1. Worker RSS: a service ``Worker`` in a fresh process runs 200 consecutive trials of the
    trivial Keras model (``benchmarks/models.py``) on SQLite; VmRSS after every trial, and each
    trial's wall time and ``gc.collect`` time (Keras' ``clear_session`` runs a full collection, so
-   anything that leaks also makes every later trial slower). ``--proposed-fix`` adds a second
-   run with the runner change recommended in RESULTS.md applied by patching, in that process
-   only: drop the TensorFlow gradient-registry entries a trial registered, and ``gc.freeze()``
-   once the runner is set up.
+   anything that leaks also makes every later trial slower). The runner drops the TensorFlow
+   gradient-registry entries each trial registers and freezes its setup objects out of the
+   collector (``tuner_service/runner.py``); this shows whether anything else accumulates.
 2. Sampler time per suggestion (``study.ask()`` + 6 ``suggest_float``) for ``bayesian`` and
    ``tpe`` (the service's options) with 50, 200 and 500 finished Hartmann6 trials in the
    service's SQLite storage (what a worker pays; the Bayesian sampler reads every trial).
 
-Run: ``.venv/bin/python benchmarks/memory.py [--trials 200] [--proposed-fix] [--quick]``
+Run: ``.venv/bin/python benchmarks/memory.py [--trials 200] [--quick]``
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 import time
@@ -53,33 +51,7 @@ SAMPLER_LEVELS = (50, 200, 500)
 # --------------------------------------------------------------------------- 1. worker RSS (child process)
 
 
-def apply_proposed_fix() -> None:
-    """The runner change recommended in RESULTS.md, applied by patching (this process only).
-
-    Keras' TensorFlow optimizer all-reduces gradients in the default replica context, and every
-    trace registers ``tf.custom_gradient`` closures in TensorFlow's global gradient registry
-    (``ops.gradient_registry``), which is never cleared: each entry keeps a whole FuncGraph
-    alive. Dropping the entries a trial added, once its model is gone, releases them."""
-    from tensorflow.python.framework import ops
-
-    from tuner_service import runner as runner_mod
-
-    original = runner_mod.TrialRunner.run
-
-    def run(self: Any, trial: Any, **kwargs: Any) -> Any:
-        registry = ops.gradient_registry._registry
-        before = set(registry)
-        try:
-            return original(self, trial, **kwargs)
-        finally:
-            for key in set(registry) - before:
-                if key.startswith("CustomGradient-"):
-                    del registry[key]
-
-    runner_mod.TrialRunner.run = run
-
-
-def child_rss(url: str, trials: int, fix: bool) -> dict[str, Any]:
+def child_rss(url: str, trials: int) -> dict[str, Any]:
     """Run ``trials`` Keras trials in one Worker; RSS, wall and gc time after every trial."""
     from overhead import GcTimer
 
@@ -91,10 +63,6 @@ def child_rss(url: str, trials: int, fix: bool) -> dict[str, Any]:
     create_study(spec, url)
     worker = Worker(spec.name, url)
     hypermodel = worker.runner.hypermodel
-    if fix:
-        apply_proposed_fix()
-        gc.collect()
-        gc.freeze()
     rss, wall, gcs = [rss_mb()], [], []
     last, last_gc = time.perf_counter(), gc_timer.spent
 
@@ -192,14 +160,12 @@ def render(rss_rows: list[dict[str, Any]], samplers: dict[str, dict[int, float]]
 def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=200)
-    p.add_argument("--proposed-fix", action="store_true", help="also run the worker with the recommended runner change")
     p.add_argument("--asks", type=int, default=3, help="suggestions timed per level")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--fix", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(child_rss(args.url, args.trials, args.fix)))
+        print(json.dumps(child_rss(args.url, args.trials)))
         return
     levels = SAMPLER_LEVELS
     if args.quick:
@@ -207,16 +173,14 @@ def main() -> None:
     rss_rows: list[dict[str, Any]] = []
     samplers: dict[str, dict[int, float]] = {}
     with scratch_dir("memory") as directory:
-        for fix in ([False, True] if args.proposed_fix else [False]):
-            label = "with the proposed runner fix (patched)" if fix else "as is"
-            log(f"memory: {args.trials} Keras trials in one worker, {label}")
-            url = fresh_url("sqlite", directory, None, f"rss_{int(fix)}")
-            cmd = [sys.executable, __file__, "--child", "--trials", str(args.trials), "--url", url]
-            try:
-                out, _ = run_json(cmd + (["--fix"] if fix else []), timeout=120 + 10 * args.trials)
-                rss_rows.append(rss_summary(label, out))
-            except Exception as exc:
-                log(f"memory: worker run failed: {exc}")
+        log(f"memory: {args.trials} Keras trials in one worker")
+        url = fresh_url("sqlite", directory, None, "rss")
+        cmd = [sys.executable, __file__, "--child", "--trials", str(args.trials), "--url", url]
+        try:
+            out, _ = run_json(cmd, timeout=120 + 10 * args.trials)
+            rss_rows.append(rss_summary("as is", out))
+        except Exception as exc:
+            log(f"memory: worker run failed: {exc}")
         for sampler in ("bayesian", "tpe"):
             samplers[sampler] = sampler_times(sampler, fresh_url("sqlite", directory, None, f"s_{sampler}"), levels,
                                               args.asks)

@@ -33,7 +33,6 @@ from _common import REPO, Target, emit, fmt, log, median, parser, run_json, scra
 
 MODEL = REPO / "studies" / "digits_model.py"
 SYSTEMS = ("keras-tuner", "service 1 worker", "service 2 workers")
-FIXED = "service 1 worker, proposed fix (patched)"
 
 
 def data_spec() -> dict[str, Any]:
@@ -67,31 +66,6 @@ def child_keras_tuner(args: argparse.Namespace) -> None:
                       "search_start": started, "search_end": finished}))
 
 
-def child_service_fixed(argv: list[str]) -> None:
-    """``tuner-service submit ...`` with the runner change recommended in ANALYSIS.md patched in
-    (this process only): TensorFlow gradient-registry entries dropped after each trial, and
-    ``gc.freeze()`` once the submit-time check has loaded TensorFlow, the model and the data."""
-    import gc
-
-    from memory import apply_proposed_fix
-
-    from tuner_service import service
-    from tuner_service.cli import main as cli_main
-
-    apply_proposed_fix()
-    preflight = service._preflight
-
-    def preflight_then_freeze(spec: Any) -> Any:
-        out = preflight(spec)
-        gc.collect()
-        gc.freeze()
-        return out
-
-    service._preflight = preflight_then_freeze
-    sys.argv = ["tuner-service", *argv]
-    cli_main()
-
-
 # --------------------------------------------------------------------------- the service
 
 
@@ -107,18 +81,17 @@ def write_study(directory: Path, name: str, trials: int, epochs: int, seed: int)
 
 
 def run_service(directory: Path, workers: int, trials: int, epochs: int, seed: int, rep: int,
-                timeout: float, fixed: bool = False) -> dict[str, Any]:
+                timeout: float) -> dict[str, Any]:
     """``tuner-service submit`` in a subprocess; the whole process is timed."""
     import subprocess
 
     from tuner_service import service
 
-    name = f"vs_kt_w{workers}_r{rep}{'_fixed' if fixed else ''}"
+    name = f"vs_kt_w{workers}_r{rep}"
     url = f"sqlite:///{directory / name}.db"
     study_file = write_study(directory, name, trials, epochs, seed)
     submit = ["submit", str(study_file), "--workers", str(workers), "--storage", url]
-    cmd = [sys.executable, __file__, "--child-fixed", *submit] if fixed else [sys.executable, "-m", "tuner_service",
-                                                                              *submit]
+    cmd = [sys.executable, "-m", "tuner_service", *submit]
     launched = time.time()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=directory)
@@ -157,9 +130,8 @@ def one_repeat(directory: Path, rep: int, args: argparse.Namespace) -> dict[str,
         "keras-tuner": lambda: run_keras_tuner(directory, args.trials, args.epochs, seed, rep, timeout),
         "service 1 worker": lambda: run_service(directory, 1, args.trials, args.epochs, seed, rep, timeout),
         "service 2 workers": lambda: run_service(directory, 2, args.trials, args.epochs, seed, rep, timeout),
-        FIXED: lambda: run_service(directory, 1, args.trials, args.epochs, seed, rep, timeout, fixed=True),
     }
-    systems = [*SYSTEMS, FIXED] if args.proposed_fix else list(SYSTEMS)
+    systems = list(SYSTEMS)
     order = systems[rep % len(systems):] + systems[:rep % len(systems)]  # rotate: no system always runs first
     out = {}
     for system in order:
@@ -170,7 +142,7 @@ def one_repeat(directory: Path, rep: int, args: argparse.Namespace) -> dict[str,
 
 def summarise(repeats: list[dict[str, dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
     rows, data = [], {}
-    for system in [*SYSTEMS, FIXED]:
+    for system in SYSTEMS:
         runs = [r[system] for r in repeats if system in r]
         if not runs:
             continue
@@ -195,12 +167,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=42, help=argparse.SUPPRESS)
     p.add_argument("--directory", help=argparse.SUPPRESS)
-    p.add_argument("--proposed-fix", action="store_true",
-                   help="also run the 1-worker service with the runner change recommended in ANALYSIS.md patched in")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    if len(sys.argv) > 1 and sys.argv[1] == "--child-fixed":
-        child_service_fixed(sys.argv[2:])
-        return
     args = p.parse_args()
     if args.child:
         child_keras_tuner(args)

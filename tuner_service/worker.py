@@ -196,7 +196,7 @@ class Worker:
             with_storage_retry(self.study.tell, trial, what="recording a result", **kwargs)
 
         try:
-            beat.start()  # the claim stored the run attrs (host, pid, slot...)
+            beat.start(beat_now=False)  # claim() beat once and stored the run attrs (host, pid, slot...)
             outcome = runner.run(trial, prune=self.prune)
             self._current = None
             record({**outcome.attrs, "finished_at_unix": time.time()}, "recording a result")
@@ -355,8 +355,9 @@ class Heartbeat:
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{trial_id}", daemon=True)
 
-    def start(self) -> None:
-        self.storage.record_heartbeat(self.trial_id)
+    def start(self, beat_now: bool = True) -> None:
+        if beat_now:
+            self.storage.record_heartbeat(self.trial_id)
         self._thread.start()
 
     def stop(self) -> None:

@@ -199,10 +199,10 @@ def child_fake(url: str, trials: int, profile: str | None) -> dict[str, Any]:
 #: Steps of the service's per-trial path timed by ``child_breakdown``: (label, module, attribute path).
 BREAKDOWN_STEPS = (
     ("claim loop: optuna fail_stale_trials", "optuna.storages", "fail_stale_trials"),
-    ("claim loop: claim() (queue query, WAITING -> RUNNING, Trial())", "tuner_service.worker", "claim"),
-    ("claim loop: other (abort flag = study.user_attrs, timeout)", "tuner_service.worker", "Worker._next_trial"),
-    ("heartbeat: first record_heartbeat", "tuner_service.worker", "Heartbeat.start"),
-    ("user attrs: set_trial_user_attrs (run attrs, outcome attrs)", "tuner_service.worker", "set_trial_user_attrs"),
+    ("claim loop: claim() (queue query, budget, new trial with its run attrs, first heartbeat, Trial())", "tuner_service.worker", "claim"),
+    ("claim loop: other (abort flag = study.user_attrs every 5 s, timeout)", "tuner_service.worker", "Worker._next_trial"),
+    ("heartbeat: thread start (claim() beat already)", "tuner_service.worker", "Heartbeat.start"),
+    ("user attrs: set_trial_user_attrs (outcome attrs)", "tuner_service.worker", "set_trial_user_attrs"),
     ("trial.suggest_* (3)", "optuna.trial", "Trial._suggest"),
     ("trial.report (5)", "optuna.trial", "Trial.report"),
     ("Study.tell", "optuna.study", "Study.tell"),
@@ -365,7 +365,7 @@ def measure_breakdown(trials: int, directory: Path) -> list[dict[str, Any]]:
     out = _child("breakdown", trials, fresh_url("sqlite", directory, None, "breakdown"), timeout=60 + trials)
     n = max(1, out["trials"])
     spent = dict(out["spent"])
-    nested = "claim loop: other (abort flag = study.user_attrs, timeout)"
+    nested = "claim loop: other (abort flag = study.user_attrs every 5 s, timeout)"
     if nested in spent:  # _next_trial contains fail_stale_trials and claim: keep only its own remainder
         spent[nested] -= spent.get(BREAKDOWN_STEPS[0][0], 0.0) + spent.get(BREAKDOWN_STEPS[1][0], 0.0)
     rows = [{"step": label, "ms_per_trial": 1000 * spent[label] / n} for label, _, _ in BREAKDOWN_STEPS if label in spent]
@@ -393,8 +393,8 @@ PROFILE_FUNCS = (
     ("  claim()", "tuner_service/worker.py", "claim"),
     ("  optuna/trial/_trial.py __init__ (Trial objects)", "optuna/trial/_trial.py", "__init__"),
     ("Worker.run_trial", "tuner_service/worker.py", "run_trial"),
-    ("  Heartbeat.start (record_heartbeat)", "tuner_service/worker.py", "start"),
-    ("  set_trial_user_attrs (run + outcome attrs)", "tuner_service/storage.py", "set_trial_user_attrs"),
+    ("  Heartbeat.start", "tuner_service/worker.py", "start"),
+    ("  set_trial_user_attrs (outcome attrs)", "tuner_service/storage.py", "set_trial_user_attrs"),
     ("  trial.suggest_* (3 params)", "optuna/trial/_trial.py", "_suggest"),
     ("  trial.report (5 epochs)", "optuna/trial/_trial.py", "report"),
     ("  Study.tell", "optuna/study/study.py", "tell"),

@@ -63,7 +63,7 @@ def launch_cli(*args: str, cwd: Path) -> tuple[subprocess.Popen[str], str, list[
     printed up to the URL. Port 0 lets the OS pick a free port, so parallel runs never collide."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tuner_service", "dashboard", *args, "--port", "0"],
-        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**ENV, "PYTHONFAULTHANDLER": "1"},
     )
     assert proc.stdout is not None
     lines: list[str] = []
@@ -80,10 +80,16 @@ def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
     """Ctrl-C, as a user stops it; returns exit code and stderr."""
     proc.send_signal(signal.SIGINT)
     try:
-        _, err = proc.communicate(timeout=15)
+        _, err = proc.communicate(timeout=45)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
+        # Still running: SIGABRT makes faulthandler (PYTHONFAULTHANDLER, set by launch_cli)
+        # print every thread's stack, so the failure says where it hung.
+        proc.send_signal(signal.SIGABRT)
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
     return proc.returncode, err
 
 
@@ -185,7 +191,7 @@ def test_cli_bad_storage_exits_2_with_one_line(tmp_path: Path, storage: str, exp
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 def test_cli_warns_when_not_bound_to_loopback(demo: Demo, tmp_path: Path) -> None:
     proc, base, lines = launch_cli("--storage", demo.url, "--host", "0.0.0.0", cwd=tmp_path)
     code, err = stop(proc)

@@ -64,6 +64,9 @@ def launch_cli(*args: str, cwd: Path) -> tuple[subprocess.Popen[str], str, list[
     proc = subprocess.Popen(
         [sys.executable, "-m", "tuner_service", "dashboard", *args, "--port", "0"],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**ENV, "PYTHONFAULTHANDLER": "1"},
+        # As in a terminal: a test run started in the background (`make test &`) inherits an
+        # ignored SIGINT, which Python keeps, and Ctrl-C would then do nothing.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     lines: list[str] = []
@@ -76,9 +79,9 @@ def launch_cli(*args: str, cwd: Path) -> tuple[subprocess.Popen[str], str, list[
     raise AssertionError(f"dashboard exited with {proc.returncode} before listening: {proc.stderr.read()}")  # type: ignore[union-attr]
 
 
-def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
-    """Ctrl-C, as a user stops it; returns exit code and stderr."""
-    proc.send_signal(signal.SIGINT)
+def stop(proc: subprocess.Popen[str], signum: int = signal.SIGINT) -> tuple[int, str]:
+    """Ctrl-C, as a user stops it (or SIGTERM, as docker does); returns exit code and stderr."""
+    proc.send_signal(signum)
     try:
         _, err = proc.communicate(timeout=45)
     except subprocess.TimeoutExpired:
@@ -271,3 +274,11 @@ def test_gunicorn_entry_refuses_a_bad_storage_in_one_line(tmp_path: Path) -> Non
     errors = [line for line in out.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "no database at" in errors[0] and "Traceback" not in out, out
     assert not (tmp_path / "nope.db").exists()
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_closes_the_dashboard_cleanly(demo: Demo, tmp_path: Path) -> None:
+    """`docker compose stop` and systemd send SIGTERM: exit 0, not killed mid-request."""
+    proc, base, _ = launch_cli("--storage", demo.url, cwd=tmp_path)
+    code, err = stop(proc, signal.SIGTERM)
+    assert code == 0 and "Traceback" not in err, err

@@ -17,7 +17,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import signal
 import socket
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -136,6 +138,10 @@ def serve(
 ) -> None:
     """Serve the dashboard until interrupted (Ctrl-C)."""
     server = start_server(storage_url, host=host, port=port, artifacts=artifacts)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # `docker compose stop`, systemd and kill send SIGTERM: close as cleanly as on Ctrl-C.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     # Ctrl-C as soon as the URL is printed must still close the server cleanly and exit 0.
     try:
         if not is_loopback(host):
@@ -151,6 +157,12 @@ def serve(
         pass
     finally:
         server.server_close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def is_loopback(host: str) -> bool:

@@ -216,18 +216,13 @@ FUNCTIONS: dict[str, tuple[Any, dict[str, tuple[float, float]], float]] = {
 def make_sampler(name: str, seed: int) -> Any:
     import optuna
 
-    from tuner_service.tuners import TPEOptions
+    from tuner_service import tuners
     from tuner_service.tuners.bayesian import BayesianSampler
 
     if name == "bayesian":
         return BayesianSampler(seed=seed)
-    if name == "tpe":  # the service's tpe: Optuna's TPESampler inside UniqueSampler
-        from tuner_service.tuners._unique import UniqueSampler
-
-        o = TPEOptions()
-        return UniqueSampler(optuna.samplers.TPESampler(n_startup_trials=o.n_startup_trials, multivariate=o.multivariate,
-                                                        group=o.multivariate, constant_liar=o.constant_liar, seed=seed),
-                             seed=seed)
+    if name == "tpe":  # the service's own tpe sampler (TPESampler inside UniqueSampler), worker 0
+        return tuners.make(make_spec(f"tpe_{seed}", tuner="tpe", seed=seed))[0]
     return optuna.samplers.RandomSampler(seed=seed)
 
 

@@ -61,3 +61,21 @@ def cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | N
 
 def dedent(text: str) -> str:
     return textwrap.dedent(text).lstrip()
+
+
+def rival_claims_the_same_point(study: object, rival: object, attr: str) -> list:
+    """Race two workers on one point: when the next suggestion writes its claim (trial system
+    attr ``attr``), ``rival`` (a RUNNING trial) writes the same claim at that instant. Returns
+    the list the first claim is recorded in."""
+    storage = study._storage  # type: ignore[attr-defined]
+    real_set = storage.set_trial_system_attr
+    claims: list = []
+
+    def racing_set(trial_id: int, key: str, value: object) -> None:
+        real_set(trial_id, key, value)
+        if key == attr and not claims:
+            claims.append(value)
+            real_set(rival._trial_id, attr, value)  # type: ignore[attr-defined]
+
+    storage.set_trial_system_attr = racing_set
+    return claims

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import optuna
 import pytest
+from conftest import rival_claims_the_same_point
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -120,17 +121,7 @@ def test_claim_written_at_the_same_instant_is_detected() -> None:
     study.enqueue_trial({"x": 0})
     study.optimize(lambda t: float(t.suggest_int("x", 0, 3)), n_trials=1)
     rival = study.ask()  # RUNNING, no params yet
-    storage = study._storage
-    real_set = storage.set_trial_system_attr
-    claims: list[Any] = []
-
-    def racing_set(trial_id: int, key: str, value: Any) -> None:
-        real_set(trial_id, key, value)
-        if key == PROPOSAL_ATTR and not claims:
-            claims.append(value)
-            real_set(rival._trial_id, PROPOSAL_ATTR, value)  # the rival wrote the same point
-
-    storage.set_trial_system_attr = racing_set  # type: ignore[method-assign]
+    claims = rival_claims_the_same_point(study, rival, PROPOSAL_ATTR)
     trial = study.ask({"x": IntDistribution(0, 3)})
     assert claims and trial.params["x"] not in (0, claims[0]["x"])
 

@@ -11,6 +11,7 @@ import warnings
 from typing import Any
 
 import optuna
+from conftest import rival_claims_the_same_point
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -99,17 +100,7 @@ def test_claim_written_at_the_same_instant_is_detected() -> None:
         trial = study.ask(space)
         study.tell(trial, float(a))
     rival = study.ask()  # RUNNING, no params yet
-    storage = study._storage
-    real_set = storage.set_trial_system_attr
-    claims: list[Any] = []
-
-    def racing_set(trial_id: int, key: str, value: Any) -> None:
-        real_set(trial_id, key, value)
-        if key == PROPOSAL_ATTR and not claims:
-            claims.append(value)
-            real_set(rival._trial_id, PROPOSAL_ATTR, value)  # the rival wrote the same point
-
-    storage.set_trial_system_attr = racing_set  # type: ignore[method-assign]
+    claims = rival_claims_the_same_point(study, rival, PROPOSAL_ATTR)
     trial = study.ask(space)
     point = (trial.params["a"], trial.params["b"])
     assert claims and point not in ((0, "x"), (1, "y"), (claims[0]["a"], claims[0]["b"]))

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 import keras_tuner as kt
 from keras_tuner.engine import hyperparameters as _types
 
+from tuner_service.storage import with_storage_retry
+
 if TYPE_CHECKING:
     import optuna
 
@@ -52,8 +54,6 @@ class TrialHyperParameters(kt.HyperParameters):
         value = super()._register(hyperparameter, overwrite)
         if self._trial is None or not self.is_active(hyperparameter):
             return value
-        from tuner_service.storage import with_storage_retry
-
         # A database restart while build_model runs must not fail the trial as the user's error.
         value = with_storage_retry(suggest, self._trial, hyperparameter, what="storing a parameter")
         self.values[hyperparameter.name] = value

@@ -103,13 +103,17 @@ def gpu_memory_mb(gpu: str) -> int | None:
         return None
 
 
+#: Share of a GPU's memory that K runners on it split between them (the rest: CUDA contexts).
+GPU_SHARE = 0.9
+
+
 def make_slots(gpus: list[str], trials_per_gpu: int, cpu_slots: int | None) -> list[Slot]:
     if not gpus:
         return [Slot(label=f"cpu/{i}", cuda_visible_devices="") for i in range(cpu_slots or 1)]
     slots = []
     for g in gpus:
         total = gpu_memory_mb(g) if trials_per_gpu > 1 else None
-        cap = int(total * 0.9 / trials_per_gpu) if total else None
+        cap = int(total * GPU_SHARE / trials_per_gpu) if total else None
         slots += [Slot(label=f"gpu{g}/{k}", cuda_visible_devices=g, memory_mb=cap) for k in range(trials_per_gpu)]
     return slots
 
@@ -193,10 +197,9 @@ class Agent:
         env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         if slot.memory_mb:
             env["TUNER_SERVICE_GPU_MEMORY_MB"] = str(slot.memory_mb)
-            total = gpu_memory_mb(slot.cuda_visible_devices) if slot.cuda_visible_devices else None
-            sharing = sum(1 for s in self.slots if s.cuda_visible_devices == slot.cuda_visible_devices) or 1
-            fraction = slot.memory_mb / total if total else 0.9 / sharing
-            env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{min(fraction, 1.0):.4f}")
+            # The same share as memory_mb (make_slots' cap), as JAX wants it: a fraction.
+            sharing = sum(1 for s in self.slots if s.cuda_visible_devices == slot.cuda_visible_devices)
+            env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{GPU_SHARE / max(sharing, 1):.4f}")
         return env
 
     def start_runner(self, slot: Slot, study: str) -> None:

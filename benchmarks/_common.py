@@ -288,7 +288,7 @@ def create_study(spec: Any, url: str) -> None:
 
 # --------------------------------------------------------------------------- Keras-free runners
 
-#: What ``TrialRunner.run`` records per trial, with the sizes of a small model (the fake runners
+#: What ``KerasRunner.run`` records per trial, with the sizes of a small model (the fake runners
 #: write the same attributes, so the storage does the same work as for a Keras trial).
 FAKE_SUMMARY = "Model: \"sequential\"\n" + "\n".join(f"dense_{i} (Dense)   (None, 32)   544" for i in range(12))
 
@@ -296,17 +296,22 @@ FAKE_SUMMARY = "Model: \"sequential\"\n" + "\n".join(f"dense_{i} (Dense)   (None
 def fake_attrs(epochs: int, value: float) -> dict[str, Any]:
     return {
         "param_count": 1234,
-        "model_summary": FAKE_SUMMARY,
         "fit_seconds": 0.0,
         "trial_seconds": 0.0,
         "best_epoch": epochs,
         "epochs_run": epochs,
+    }
+
+
+def fake_details(epochs: int, value: float) -> dict[str, Any]:
+    return {
+        "model_summary": FAKE_SUMMARY,
         "history": {k: [round(value, 6)] * epochs for k in ("loss", "accuracy", "val_loss", "val_accuracy")},
     }
 
 
 class FakeRunner:
-    """A ``TrialRunner`` stand-in without Keras: suggests 3 parameters, reports ``epochs``
+    """A ``KerasRunner`` stand-in without Keras: suggests 3 parameters, reports ``epochs``
     intermediate values, optionally sleeps, and returns the attributes a Keras trial records.
 
     ``Worker(..., runner=FakeRunner())`` then exercises exactly the service's claim / heartbeat /
@@ -320,7 +325,7 @@ class FakeRunner:
         self.sleep, self.epochs = sleep, epochs
 
     def run(self, trial: Any, *, prune: bool, extra_callbacks: Any = None) -> Any:
-        from tuner_service.runner import Outcome
+        from tuner_service.runners import Outcome
 
         x = trial.suggest_float("x", -1.0, 1.0)
         n = trial.suggest_int("n", 0, 10)
@@ -330,7 +335,7 @@ class FakeRunner:
             time.sleep(self.sleep)
         for epoch in range(1, self.epochs + 1):
             trial.report(value + 1.0 / epoch, epoch)
-        return Outcome(value, False, fake_attrs(self.epochs, value))
+        return Outcome([value], False, fake_attrs(self.epochs, value), fake_details(self.epochs, value))
 
 
 class FunctionRunner:
@@ -347,14 +352,14 @@ class FunctionRunner:
         self.space, self.fn, self.sleep = space, fn, sleep
 
     def run(self, trial: Any, *, prune: bool, extra_callbacks: Any = None) -> Any:
-        from tuner_service.runner import Outcome
+        from tuner_service.runners import Outcome
 
         params = self.space(trial)
         value = float(self.fn(params))
         if self.sleep:
             time.sleep(self.sleep)
         trial.report(value, 1)
-        return Outcome(value, False, fake_attrs(1, value))
+        return Outcome([value], False, fake_attrs(1, value), fake_details(1, value))
 
 
 def run_json(cmd: Sequence[str], *, timeout: float, env: dict[str, str] | None = None,

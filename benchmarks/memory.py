@@ -9,7 +9,7 @@ every finished trial, so their cost per suggestion grows with the study.
    trial's wall time and ``gc.collect`` time (Keras' ``clear_session`` runs a full collection, so
    anything that leaks also makes every later trial slower). The runner drops the TensorFlow
    gradient-registry entries each trial registers and freezes its setup objects out of the
-   collector (``tuner_service/runner.py``); this shows whether anything else accumulates.
+   collector (``tuner_service/runners/keras.py``); this shows whether anything else accumulates.
 2. Sampler time per suggestion (``study.ask()`` + 6 ``suggest_float``) for ``bayesian`` and
    ``tpe`` (the service's options) with 50, 200 and 500 finished Hartmann6 trials in the
    service's SQLite storage (what a worker pays; the Bayesian sampler reads every trial).

@@ -108,8 +108,7 @@ def run_workers(url: str, name: str, n: int, sleep: float, max_trials: int | Non
     import optuna_dashboard  # noqa: F401
 
     import tuner_service.notes  # noqa: F401
-    import tuner_service.retry  # noqa: F401
-    import tuner_service.runner  # noqa: F401
+    import tuner_service.runners.keras  # noqa: F401
     import tuner_service.worker  # noqa: F401
 
     ready, results = CTX.Queue(), CTX.Queue()

@@ -60,7 +60,7 @@ CHECKPOINTS = (10, 20, 40)
 
 
 class DigitsMLPRunner:
-    """A ``TrialRunner`` stand-in: the digits MLP space drawn through the service's ``hp``,
+    """A ``KerasRunner`` stand-in: the digits MLP space drawn through the service's ``hp``,
     trained with scikit-learn epoch by epoch, reporting validation accuracy after every epoch
     (so Hyperband prunes exactly as it does a Keras trial). Value = best epoch's accuracy."""
 
@@ -91,7 +91,7 @@ class DigitsMLPRunner:
 
     def run(self, trial: Any, *, prune: bool, extra_callbacks: Any = None) -> Any:
         from tuner_service.hp import TrialHyperParameters
-        from tuner_service.runner import Outcome
+        from tuner_service.runners import Outcome
 
         clf = self.model(TrialHyperParameters(trial))
         best, best_epoch, epochs_run, pruned = -1.0, 0, 0, False
@@ -108,7 +108,7 @@ class DigitsMLPRunner:
                     pruned = True
                     break
         attrs = {"epochs_run": epochs_run, "best_epoch": best_epoch}
-        return Outcome(None if pruned else best, pruned, attrs)
+        return Outcome(None if pruned else [best], pruned, attrs)
 
 
 def digits_job(job: tuple[str, int, int, str]) -> dict[str, Any]:

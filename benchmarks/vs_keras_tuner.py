@@ -49,7 +49,7 @@ def child_keras_tuner(args: argparse.Namespace) -> None:
     from models import keras_tuner_without_tensorboard
 
     from tuner_service import data as data_mod
-    from tuner_service.runner import import_user_object
+    from tuner_service.runners._user_code import import_user_object
     from tuner_service.spec import DataSpec
 
     keras_tuner_without_tensorboard()

@@ -91,7 +91,7 @@ def _fake_frameworks(monkeypatch, backend, *, cuda=True):
 
 
 def test_configure_gpu_caps_torch(monkeypatch):
-    from tuner_service.runner import configure_gpu
+    from tuner_service.runners._env import configure_gpu
 
     calls = _fake_frameworks(monkeypatch, "torch")
     monkeypatch.setenv("TUNER_SERVICE_GPU_MEMORY_MB", "36000")
@@ -101,7 +101,7 @@ def test_configure_gpu_caps_torch(monkeypatch):
 
 @pytest.mark.parametrize("backend,cap,cuda", [("torch", None, True), ("torch", "36000", False), ("jax", "36000", True)])
 def test_configure_gpu_leaves_alone(monkeypatch, backend, cap, cuda):
-    from tuner_service.runner import configure_gpu
+    from tuner_service.runners._env import configure_gpu
 
     calls = _fake_frameworks(monkeypatch, backend, cuda=cuda)
     if cap:

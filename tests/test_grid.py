@@ -27,11 +27,11 @@ def restore_tf_determinism():
 def test_grid_equals_gridsearchcv_and_is_shared_by_three_workers(workdir, restore_tf_determinism):
     from sklearn.base import is_classifier
     from sklearn.model_selection import GridSearchCV, ParameterGrid
+    from tuner_service.runners._scikeras import KerasClassifier
 
     from tuner_service import data as data_mod
     from tuner_service.spec import StudySpec
-    from tuner_service.tuners._scikeras import KerasClassifier
-    from tuner_service.tuners.grid import _cv_data
+    from tuner_service.runners.grid import _cv_data
 
     study_file = write_study(workdir, "g", model=f"{PLAIN}:build_model",
                              tuner={"name": "grid", "param_grid": GRID, "cv": 3}, budget={"max_trials": None, "max_epochs": 3},
@@ -46,7 +46,7 @@ def test_grid_equals_gridsearchcv_and_is_shared_by_three_workers(workdir, restor
     assert [t.params for t in trials] == list(ParameterGrid(GRID))
     for t in trials:
         assert sum(k.startswith("split") for k in t.user_attrs) == 3
-        assert len(t.user_attrs["fold_histories"]) == 3
+        assert len(t.system_attrs["fold_histories"]) == 3
         assert len(t.intermediate_values) == 3
 
     spec = StudySpec.model_validate(study.user_attrs["spec"])

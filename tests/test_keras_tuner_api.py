@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from sklearn.datasets import load_digits
 
 import tuner_service.keras_tuner as kt
+from tuner_service import study as study_mod
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,7 @@ def test_random_search_results_match_keras_tuner_and_storage(
     # get_best_models: the best epoch's weights, not the last epoch's.
     model = tuner.get_best_models(1)[0]
     accuracy = model.evaluate(x_val, y_val, verbose=0, return_dict=True)["accuracy"]
-    history = study.best_trial.user_attrs["history"]["val_accuracy"]
+    history = study.best_trial.system_attrs["history"]["val_accuracy"]
     best_epoch = study.best_trial.user_attrs["best_epoch"]
     assert abs(accuracy - history[best_epoch - 1]) < 1e-6
     assert abs(accuracy - study.best_value) < 1e-6
@@ -144,9 +145,10 @@ def test_random_search_results_match_keras_tuner_and_storage(
 
     # What a worker records, for the CLI and the dashboard.
     attrs = study.best_trial.user_attrs
-    for key in ("param_count", "model_summary", "best_epoch", "epochs_run", "history", "fit_seconds", "host",
-                "pid", "keras_backend"):
+    for key in ("param_count", "best_epoch", "epochs_run", "fit_seconds", "host", "pid", "keras_backend"):
         assert key in attrs, key
+    for key in ("model_summary", "history"):  # long texts: system attrs, off the dashboard's attr list
+        assert key in study.best_trial.system_attrs, key
     result = cli("best", "rs", "--storage", f"sqlite:///{tmp_path / 'rs'}.db", "--format", "json")
     assert result.returncode == 0, result.stderr
     assert f'"number": {study.best_trial.number}' in result.stdout and "val_accuracy" in result.stdout
@@ -288,7 +290,7 @@ def test_list_objective_is_keras_tuners_combined_objective(tmp_path: Path, digit
     study = _study(tmp_path, "multi")
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
     for t in study.trials:
-        h = t.user_attrs["history"]
+        h = t.system_attrs["history"]
         combined = [loss - acc for loss, acc in zip(h["val_loss"], h["val_accuracy"], strict=True)]
         assert t.value == pytest.approx(min(combined))
     best = tuner.oracle.get_best_trials(1)[0]
@@ -316,7 +318,7 @@ def test_executions_average_and_tensorboard_dir_per_trial(tmp_path: Path, digits
                             seed=1, directory=str(tmp_path), project_name="exec", overwrite=True)
     tuner.search(x_tr[:400], y_tr[:400], epochs=2, validation_data=(x_val, y_val), verbose=0, callbacks=[board])
     trial = _study(tmp_path, "exec").trials[0]
-    per_execution = [max(h["val_accuracy"]) for h in trial.user_attrs["execution_histories"]]
+    per_execution = [max(h["val_accuracy"]) for h in trial.system_attrs["execution_histories"]]
     assert len(per_execution) == 2
     assert trial.value == pytest.approx(np.mean(per_execution))
     tid = tuner.oracle.get_best_trials(1)[0].trial_id
@@ -387,7 +389,9 @@ def test_unsupported_arguments_name_the_alternative(tmp_path: Path, digits: Any)
 
     with pytest.raises(NotImplementedError, match=r"tf\.data\.Dataset.*workers=1"):
         tuner.search(tf.data.Dataset.from_tensor_slices((x_tr, y_tr)).batch(32), epochs=1, workers=2)
-    assert _states(_study(tmp_path, "no")) == {"WAITING": 1}  # nothing ran
+    study = _study(tmp_path, "no")
+    assert _states(study) == {}  # nothing ran: the one trial is still a slot of the budget
+    assert study_mod.remaining_budget(study._storage, study._study_id) == 1
 
 
 def test_declared_hyperparameters_and_entry_rules(tmp_path: Path, digits: Any) -> None:
@@ -483,7 +487,9 @@ def test_search_killed_outright_resumes_at_once(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert _states(_study(tmp_path, "killed")) == {"COMPLETE": 1, "RUNNING": 1, "WAITING": 1}
+    killed = _study(tmp_path, "killed")
+    assert _states(killed) == {"COMPLETE": 1, "RUNNING": 1}
+    assert study_mod.remaining_budget(killed._storage, killed._study_id) == 1
 
     d = load_digits()
     tuner = kt.RandomSearch(_killed_build, objective="accuracy", max_trials=3, seed=1, directory=str(tmp_path),

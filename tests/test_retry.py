@@ -5,24 +5,27 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from tuner_service.retry import fail_and_requeue
-from tuner_service.storage import add_budget, open_storage
-from tuner_service.study import Counts
-from tuner_service.worker import claim
+from tuner_service.lifecycle import claim, requeue
+from tuner_service.storage import open_storage
+from tuner_service.study import Counts, add_budget
 
 
 def test_a_trial_that_keeps_dying_is_retried_three_times_then_stays_failed(tmp_path):
-    storage = open_storage(f"sqlite:///{tmp_path / 'r.db'}", heartbeat=True)
+    storage = open_storage(f"sqlite:///{tmp_path / 'r.db'}")
     study = optuna.create_study(study_name="r", storage=storage)
     add_budget(storage, study._study_id, 1)
-    trial = claim(study)
+    claimed = claim(study)
+    trial = claimed.trial
     params = {"x": trial.suggest_float("x", 0, 1), "n": trial.suggest_int("n", 1, 9)}
+    results = []
     for _ in range(4):
-        fail_and_requeue(study, trial._trial_id, reason="runner process died", max_retry=3)
-        trial = claim(study)
-        if trial is None:
+        claimed.stop_heartbeat()
+        results.append(requeue(study, claimed.trial_id, kind="crash", reason="runner process died"))
+        claimed = claim(study)
+        if claimed is None:
             break
-        assert trial.params == params, "a retry runs the same point"
+        assert claimed.trial.params == params, "a retry runs the same point"
+    assert results == ["REQUEUED"] * 3 + ["GAVE_UP"]
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL] * 4 and claim(study) is None
     assert trials[-1].user_attrs["fail_reason"] == "runner process died; gave up after 3 retries"
@@ -30,6 +33,25 @@ def test_a_trial_that_keeps_dying_is_retried_three_times_then_stays_failed(tmp_p
     assert trials[-1].system_attrs["retry_history"] == [0, 1, 2]
     counts = Counts.of(trials)
     assert (counts.failed, counts.retried, counts.budget_used) == (1, 3, 1)  # one slot, spent once
+    assert counts.failures == [(3, "runner process died; gave up after 3 retries")]
+
+
+def test_hand_backs_do_not_use_up_crash_retries(tmp_path):
+    """Issue 12.1: three hand-backs, then a crash: the trial is still retried; crashes alone give up."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'h.db'}")
+    study = optuna.create_study(study_name="h", storage=storage)
+    add_budget(storage, study._study_id, 1)
+    claimed = claim(study)
+    x = claimed.trial.suggest_float("x", 0, 1)
+    for kind in ["hand_back"] * 3 + ["crash"] * 3:
+        claimed.stop_heartbeat()
+        assert requeue(study, claimed.trial_id, kind=kind, reason=f"{kind} test") == "REQUEUED"
+        claimed = claim(study)
+        assert claimed.trial.params == {"x": x}
+    system = study._storage.get_trial(claimed.trial_id).system_attrs
+    assert (system["hand_backs"], system["crashes"]) == (3, 3)
+    claimed.stop_heartbeat()
+    assert requeue(study, claimed.trial_id, kind="crash", reason="crash test") == "GAVE_UP"
 
 
 def test_every_worker_index_gives_a_valid_sampler_seed():
@@ -49,6 +71,7 @@ def test_a_database_blip_while_build_model_draws_a_parameter_is_retried():
     """A PostgreSQL restart while ``hp.Int`` stores its value must not fail the trial as the
     user's error (it did, in CI: "build_model raised StorageInternalError")."""
     from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import OperationalError
 
     from tuner_service.hp import TrialHyperParameters
 
@@ -58,7 +81,9 @@ def test_a_database_blip_while_build_model_draws_a_parameter_is_retried():
         def set_trial_param(self, *args, **kwargs):
             if self.failures:
                 self.failures -= 1
-                raise StorageInternalError("server closed the connection unexpectedly")
+                # What Optuna's RDBStorage raises: its error, chained to the driver's.
+                cause = OperationalError("INSERT", None, Exception("server closed the connection unexpectedly"))
+                raise StorageInternalError("An exception is raised during the commit.") from cause
             return super().set_trial_param(*args, **kwargs)
 
     storage = Flaky()

@@ -26,11 +26,11 @@ import pytest
 from optuna.trial import TrialState
 from pg_server import PostgresServer, wait_for
 
-import tuner_service.storage as storage_mod
+from tuner_service import lifecycle
 from tuner_service import study as study_mod
 from tuner_service.errors import BadInput, StorageUnavailable
+from tuner_service.lifecycle import claim, finish
 from tuner_service.storage import mask_password, open_storage
-from tuner_service.worker import claim
 
 WORKER_TIMEOUT = 90  # seconds; a hung worker fails the test instead of hanging the run
 
@@ -48,7 +48,7 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def _new_study(url: str, name: str = "s", **kwargs: Any) -> optuna.Study:
     return optuna.create_study(
-        study_name=name, storage=open_storage(url, heartbeat=True, **kwargs),
+        study_name=name, storage=open_storage(url, **kwargs),
         sampler=optuna.samplers.RandomSampler(seed=0),
     )
 
@@ -64,7 +64,7 @@ def test_open_storage_creates_tables(storage_url: str) -> None:
     assert {"studies", "trials", "trial_params", "trial_heartbeats", "trial_system_attributes", "version_info"} <= tables
     optuna.create_study(study_name="s", storage=storage)
     # A second opening (another process, a read-only command) sees the same study.
-    again = open_storage(storage_url, heartbeat=True, create=False)
+    again = open_storage(storage_url, create=False)
     assert [s.study_name for s in again.get_all_studies()] == ["s"]
 
 
@@ -127,7 +127,7 @@ def test_mask_password(text: str, expected: str) -> None:
 
 
 def _claim_loop(url: str, study_name: str, high: int, barrier: Any, out: Any) -> None:
-    """A minimal worker: claim, suggest ``p``, tell, until no WAITING trial is left.
+    """A minimal worker: claim, suggest ``p``, finish, until no WAITING trial is left.
 
     Reports ``(claimed [(number, p)], errors)``; any exception is an error the test counts.
     Runs in a fresh process (see ``_mp_context``), so it opens its own storage like a real worker.
@@ -135,8 +135,7 @@ def _claim_loop(url: str, study_name: str, high: int, barrier: Any, out: Any) ->
     claimed: list[tuple[int, int]] = []
     errors: list[str] = []
     try:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = open_storage(url, heartbeat=True)
+        storage = open_storage(url)
         study = optuna.load_study(study_name=study_name, storage=storage,
                                   sampler=optuna.samplers.RandomSampler())
         barrier.wait(timeout=WORKER_TIMEOUT)  # start together: maximum contention
@@ -144,8 +143,8 @@ def _claim_loop(url: str, study_name: str, high: int, barrier: Any, out: Any) ->
             trial = claim(study)
             if trial is None:
                 break
-            p = trial.suggest_int("p", 0, high)
-            study.tell(trial, float(p))
+            p = trial.trial.suggest_int("p", 0, high)
+            finish(study, trial, "COMPLETE", [float(p)])
             claimed.append((trial.number, p))
     except Exception:
         errors.append(traceback.format_exc())
@@ -155,7 +154,7 @@ def _claim_loop(url: str, study_name: str, high: int, barrier: Any, out: Any) ->
 #: Imported once by the fork server, so each worker starts in milliseconds instead of paying
 #: ~1 s of imports (6-8 workers per test on a 2-core CI box would otherwise dominate the run).
 _PRELOAD = [
-    __name__, "optuna", "tuner_service.worker", "tuner_service.retry", "psycopg", "alembic",
+    __name__, "optuna", "tuner_service.lifecycle", "psycopg", "alembic",
     "sqlalchemy.dialects.postgresql.psycopg", "sqlalchemy.dialects.sqlite.pysqlite", "optuna.storages._rdb.models",
 ]
 
@@ -239,39 +238,43 @@ def test_fixed_points_run_exactly_once(storage_url: str) -> None:
 
 
 def test_stale_trial_is_failed_and_requeued(storage_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # open_storage reads these module globals at call time; the env vars only set the defaults.
-    monkeypatch.setattr(storage_mod, "HEARTBEAT_INTERVAL", 1)
-    monkeypatch.setattr(storage_mod, "HEARTBEAT_GRACE", 2)
+    # The grace period is what this test is about: 2 s instead of 20, and no start-up margin.
+    from tuner_service.lifecycle import _transitions
+
+    monkeypatch.setattr(_transitions, "HEARTBEAT_GRACE", 2)
+    monkeypatch.setattr(_transitions, "LIVENESS_MARGIN", 0)
     study = _new_study(storage_url)
-    assert study._storage.get_heartbeat_interval() == 1
     study_mod.enqueue_slots(study, 1)
     budget = study_mod.Counts.of(study.get_trials()).budget_used
     assert budget == 1
 
-    trial = claim(study)
-    assert trial is not None
-    p = trial.suggest_int("p", 0, 1000)
-    study._storage.record_heartbeat(trial._trial_id)
+    claimed = claim(study)
+    assert claimed is not None
+    p = claimed.trial.suggest_int("p", 0, 1000)
     # Within the grace period the trial is alive.
-    optuna.storages.fail_stale_trials(study)
-    assert study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+    assert lifecycle.fail_stale(study) == []
+    assert study._storage.get_trial(claimed.trial_id).state == TrialState.RUNNING
 
     # The worker "dies": no more beats. After the grace (SQLite stores whole seconds) it is stale.
+    claimed.stop_heartbeat()
+
     def failed() -> bool:
-        optuna.storages.fail_stale_trials(study)
-        return study._storage.get_trial(trial._trial_id).state == TrialState.FAIL
+        lifecycle.fail_stale(study)
+        return study._storage.get_trial(claimed.trial_id).state == TrialState.FAIL
 
     assert wait_for(failed, timeout=15, interval=0.5)
 
     trials = study.get_trials(deepcopy=False)
-    original = next(t for t in trials if t.number == trial.number)
+    original = next(t for t in trials if t.number == claimed.number)
+    assert original.user_attrs["fail_reason"].startswith("heartbeat stale")
     retries = [t for t in trials if t.state == TrialState.WAITING]
     assert len(retries) == 1
     retry = retries[0]
     assert retry.params == {"p": p}
     assert retry.distributions == original.distributions
-    assert retry.system_attrs["failed_trial"] == trial.number
-    assert retry.system_attrs["retry_history"] == [trial.number]
+    assert retry.system_attrs["failed_trial"] == claimed.number
+    assert retry.system_attrs["retry_history"] == [claimed.number]
+    assert retry.system_attrs["crashes"] == 1 and retry.system_attrs["hand_backs"] == 0
     counts = study_mod.Counts.of(trials)
     assert (counts.retried, counts.failed, counts.waiting, counts.running) == (1, 0, 1, 0)
     assert counts.budget_used == budget
@@ -279,8 +282,8 @@ def test_stale_trial_is_failed_and_requeued(storage_url: str, monkeypatch: pytes
     # The retry runs the same point and completes the budget.
     again = claim(study)
     assert again is not None and again.number == retry.number
-    assert again.suggest_int("p", 0, 1000) == p
-    study.tell(again, float(p))
+    assert again.trial.suggest_int("p", 0, 1000) == p
+    assert finish(study, again, "COMPLETE", [float(p)]) == "COMPLETE"
     counts = study_mod.Counts.of(study.get_trials(deepcopy=False))
     assert (counts.complete, counts.retried, counts.waiting, counts.budget_used) == (1, 1, 0, budget)
     assert claim(study) is None
@@ -291,7 +294,7 @@ def test_stale_trial_is_failed_and_requeued(storage_url: str, monkeypatch: pytes
 
 @pytest.mark.postgres
 def test_same_storage_survives_postgres_restart(postgres_server: PostgresServer, pg_url: str) -> None:  # noqa: F811
-    storage = open_storage(pg_url, heartbeat=True)
+    storage = open_storage(pg_url)
     engine = storage.engine
     study = optuna.create_study(study_name="s", storage=storage)
     study_mod.enqueue_slots(study, 3)
@@ -302,8 +305,7 @@ def test_same_storage_survives_postgres_restart(postgres_server: PostgresServer,
     assert len(study.get_trials()) == 3
     trial = claim(study)
     assert trial is not None
-    storage.record_heartbeat(trial._trial_id)
-    study.tell(trial, 1.0)
+    finish(study, trial, "COMPLETE", [1.0])
 
     # Used during an outage: calls fail (the worker's heartbeat thread logs and retries) ...
     postgres_server.stop()
@@ -314,7 +316,7 @@ def test_same_storage_survives_postgres_restart(postgres_server: PostgresServer,
     study_mod.enqueue_slots(study, 1)
     trial = claim(study)
     assert trial is not None
-    study.tell(trial, 2.0)
+    finish(study, trial, "COMPLETE", [2.0])
     assert storage.engine is engine
     reloaded = optuna.load_study(study_name="s", storage=open_storage(pg_url))
     counts = study_mod.Counts.of(reloaded.get_trials())

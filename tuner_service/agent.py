@@ -11,10 +11,23 @@ whichever study should have it next:
 - highest ``priority`` first, then FIFO by submission;
 - among studies of equal priority, the one with the fewest runners now (fair share).
 
+A runner exits as soon as its study has nothing claimable (no WAITING trial, no budget slot),
+even while other trials of that study still run elsewhere: the slot goes to the next study at
+once. The agent checks every study's heartbeats (also of studies with no budget left, whose
+runners no longer look), so a trial that dies anywhere is re-queued and served again.
+
 A runner that dies mid-trial (segfault, OOM kill, SIGKILL) costs only that trial: the agent
-fails it at once and re-queues its parameters (without waiting for the heartbeat grace that
-covers a lost machine), then starts a new runner. On SIGINT/SIGTERM the agent asks every
-runner to stop; runners hand their running trials back (re-queued) and exit.
+fails it at once and re-queues its parameters in one transaction (the lifecycle's crash
+arrow, without waiting for the heartbeat grace that covers a lost machine), then starts a new
+runner. On SIGINT/SIGTERM the agent asks every runner to stop; runners hand their running
+trials back (re-queued) and exit.
+
+A study this machine cannot serve (its model source differs, a file its spec names is
+missing here, it belongs to the keras-tuner API) is *refused*: logged once with the study's
+name and the reason, recorded in the study (``tuner-service status`` shows it), left alone,
+and checked again every ``TUNER_SERVICE_REFUSAL_RECHECK`` seconds (default 30), so a fixed
+checkout or a resubmitted study is served without restarting the agent. The check runs in the
+agent itself (it imports no Keras), before any runner is started for the study.
 """
 
 from __future__ import annotations
@@ -32,22 +45,19 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tuner_service import attrs as A
 from tuner_service import study as study_mod
-from tuner_service.errors import BadInput
-from tuner_service.storage import (
-    mask_password,
-    open_storage,
-    remaining_budget,
-    resolve_url,
-    waiting_trial_ids,
-    with_storage_retry,
-)
+from tuner_service.errors import BadInput, Refused
+from tuner_service.storage import mask_password, open_storage, resolve_url, with_storage_retry
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 _log = logging.getLogger(__name__)
 POLL_SECONDS = float(os.environ.get("TUNER_SERVICE_AGENT_POLL", "1.0"))
+REFUSAL_RECHECK_SECONDS = float(os.environ.get("TUNER_SERVICE_REFUSAL_RECHECK", "30"))
+#: Study system attr (one per agent host) recording why that host refuses the study.
+REFUSED_ATTR_PREFIX = "refused:"
 
 
 @dataclass
@@ -63,8 +73,14 @@ class Slot:
 
 
 @dataclass
+class Refusal:
+    reason: str
+    checked: float  # monotonic time of the last check
+
+
+@dataclass
 class AgentState:
-    refused: dict[str, str] = field(default_factory=dict)  # study -> reason (code mismatch...)
+    refused: dict[str, Refusal] = field(default_factory=dict)  # study -> why this machine cannot serve it
     stale_checked: dict[str, float] = field(default_factory=dict)  # study -> monotonic time
     runners_started: int = 0
 
@@ -123,7 +139,7 @@ class Agent:
                  max_trials_per_runner: int = 50, memory_limit_mb: int | None = None,
                  console: Console | None = None) -> None:
         self.url = resolve_url(storage_url)
-        self.storage = open_storage(self.url, heartbeat=True, create=False)
+        self.storage = with_storage_retry(open_storage, self.url, create=False, what="opening the storage")
         self.slots = slots
         self.only = set(studies or [])
         self.max_trials_per_runner = max_trials_per_runner
@@ -136,39 +152,81 @@ class Agent:
     # ------------------------------------------------------------------ scheduling
 
     def active_studies(self) -> list[tuple[int, str, str]]:
-        """(priority, submitted_at, name) of studies with budget left, best first."""
+        """(priority, submitted_at, name) of the studies this machine can serve that have
+        something claimable, best first. Checks every study's heartbeats on the way."""
+        from tuner_service.lifecycle import _sql
+
         out = []
         for s in self.storage.get_all_studies():
             name = s.study_name
             if self.only and name not in self.only:
                 continue
             attrs = s.user_attrs
-            if not attrs.get(study_mod.READY_ATTR) or attrs.get(study_mod.ABORTED_ATTR) or name in self.state.refused:
+            if not attrs.get(A.READY) or attrs.get(A.KERAS_TUNER):
                 continue
-            self._fail_stale(s)
-            spec_raw = attrs.get(study_mod.SPEC_ATTR) or {}
-            if (spec_raw.get("budget") or {}).get("timeout") and study_mod.expired(
-                    attrs, study_mod.StudySpec.model_validate(spec_raw)):
+            self._check_liveness(s)
+            spec_raw = attrs.get(A.SPEC) or {}
+            if attrs.get(A.ABORTED) or study_mod.expired(attrs, (spec_raw.get("budget") or {}).get("timeout")):
                 continue
-            if not (waiting_trial_ids(self.storage, s._study_id, limit=1) or remaining_budget(self.storage, s._study_id)):
+            _sql.ensure_budget_table(self.storage)
+            with _sql.read(self.storage) as session:
+                claimable = _sql.waiting_ids(session, s._study_id, limit=1) or _sql.remaining(session, s._study_id)
+            if not claimable or self._refuses(name):
                 continue
-            priority = int((attrs.get(study_mod.SPEC_ATTR) or {}).get("priority", 0))
-            out.append((priority, attrs.get("submitted_at", ""), name))
+            priority = int(spec_raw.get("priority", 0))
+            out.append((priority, attrs.get(A.SUBMITTED_AT, ""), name))
         out.sort(key=lambda x: (-x[0], x[1]))
         return out
 
-    def _fail_stale(self, frozen: Any) -> None:
+    def _check_liveness(self, frozen: Any) -> None:
         """Fail and re-queue trials whose heartbeat went stale, also in studies with no budget
         left (no runner of theirs would look any more); at most once per heartbeat interval."""
         import optuna
 
-        from tuner_service.storage import HEARTBEAT_INTERVAL
+        from tuner_service import lifecycle
 
         now = time.monotonic()
-        if now - self.state.stale_checked.get(frozen.study_name, 0.0) < HEARTBEAT_INTERVAL:
+        if now - self.state.stale_checked.get(frozen.study_name, 0.0) < lifecycle.HEARTBEAT_INTERVAL:
             return
         self.state.stale_checked[frozen.study_name] = now
-        optuna.storages.fail_stale_trials(optuna.load_study(study_name=frozen.study_name, storage=self.storage))
+        study = optuna.load_study(study_name=frozen.study_name, storage=self.storage)
+        lifecycle.fail_stale(study)
+        lifecycle.reconcile(study)
+
+    def _refuses(self, name: str) -> bool:
+        """Whether this machine cannot serve study ``name`` (checked again every
+        ``REFUSAL_RECHECK_SECONDS``; the first refusal and the recovery are logged once)."""
+        refusal = self.state.refused.get(name)
+        now = time.monotonic()
+        if refusal is not None and now - refusal.checked < REFUSAL_RECHECK_SECONDS:
+            return True
+        try:
+            study_mod.servable_spec(study_mod.load(self.storage, name))
+        except Refused as exc:
+            self._refuse(name, str(exc))
+            return True
+        if refusal is not None:
+            del self.state.refused[name]
+            self._say(f"serving study {name!r} again: it can run on this machine now")
+            self._record_refusal(name, None)
+        return False
+
+    def _refuse(self, name: str, reason: str) -> None:
+        known = self.state.refused.get(name)
+        self.state.refused[name] = Refusal(reason, time.monotonic())
+        if known is None or known.reason != reason:
+            self._say(f"refusing study {name!r}: {mask_password(reason)}")
+            self._record_refusal(name, reason)
+
+    def _record_refusal(self, name: str, reason: str | None) -> None:
+        """What ``status`` shows: per agent host, why it does not serve the study (None: it does)."""
+        try:
+            value = None if reason is None else {"reason": mask_password(reason), "at": time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            study_id = self.storage.get_study_id_from_name(name)
+            self.storage.set_study_system_attr(study_id, f"{REFUSED_ATTR_PREFIX}{self.host}", value)
+        except Exception as exc:  # bookkeeping for `status`; never worth stopping the agent
+            _log.warning("could not record the refusal of %r: %s", name, exc)
 
     def choose(self, active: list[tuple[int, str, str]]) -> str | None:
         if not active:
@@ -235,8 +293,7 @@ class Agent:
 
     def beat_retrains(self) -> None:
         """Refresh ``beat_at`` of the retrain requests this agent runs, so others see them alive."""
-        from tuner_service.retrain import REQUEST_ATTR, REQUEST_BEAT_SECONDS
-        from tuner_service.storage import compare_and_set_study_user_attr
+        from tuner_service.retrain import REQUEST_ATTR, REQUEST_BEAT_SECONDS, compare_and_set_study_user_attr
 
         now = time.time()
         for slot in self.slots:
@@ -249,8 +306,7 @@ class Agent:
 
     def start_retrain(self, slot: Slot, study_id: int, study: str, request: dict[str, Any]) -> bool:
         """Claim a pending ``retrain --on-agent`` request (atomically) and run it in ``slot``."""
-        from tuner_service.retrain import REQUEST_ATTR
-        from tuner_service.storage import compare_and_set_study_user_attr
+        from tuner_service.retrain import REQUEST_ATTR, compare_and_set_study_user_attr
 
         running = {**request, "status": "running", "host": self.host, "slot": slot.label,
                    "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "beat_at": time.time()}
@@ -270,8 +326,7 @@ class Agent:
         return True
 
     def _finish_retrain(self, slot: Slot, code: int | None, output: str) -> None:
-        from tuner_service.retrain import REQUEST_ATTR
-        from tuner_service.storage import compare_and_set_study_user_attr
+        from tuner_service.retrain import REQUEST_ATTR, compare_and_set_study_user_attr
 
         running = {k: v for k, v in (slot.retrain or {}).items() if k != "study_id"}
         final = {**running, "status": "done" if code == 0 else "failed"}
@@ -296,27 +351,29 @@ class Agent:
         if slot.retrain is not None:
             self._finish_retrain(slot, code, output)
             return
-        if code == 2 and slot.study:  # BadInput: e.g. the local code differs from the submitted code
+        if code in (2, 5) and slot.study:  # refused (or bad input): e.g. the local code differs
             reason = output.strip().splitlines()[-1] if output.strip() else "runner refused the study"
-            self.state.refused[slot.study] = reason
-            self._say(f"refusing study {slot.study!r}: {mask_password(reason)}")
+            self._refuse(slot.study, reason.removeprefix("error: "))
+        elif code == 4:  # the storage went away; the runner's trial is re-queued by its heartbeat
+            self._say(f"slot {slot.label}: runner pid {proc.pid} stopped on a storage outage")
         elif code not in (0, None) and code != 3:
             self._say(f"slot {slot.label}: runner pid {proc.pid} died (exit {code}); re-queueing its trial")
-            self.requeue_trials_of(proc.pid, slot.study)
+            self.requeue_trials_of(proc.pid, slot.study, f"runner process died (exit {code})")
         slot.runner, slot.study = None, None
 
-    def requeue_trials_of(self, pid: int, study_name: str | None) -> None:
+    def requeue_trials_of(self, pid: int, study_name: str | None, reason: str) -> None:
+        """The lifecycle's crash arrow for the trials a dead runner of this host held."""
         import optuna
         from optuna.trial import TrialState
 
-        from tuner_service.retry import fail_and_requeue
+        from tuner_service import lifecycle
 
         if study_name is None:
             return
         study = optuna.load_study(study_name=study_name, storage=self.storage)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("pid") == pid and t.user_attrs.get("host") == self.host:
-                fail_and_requeue(study, t._trial_id, reason="runner process died")
+            if t.user_attrs.get(A.PID) == pid and t.user_attrs.get(A.HOST) == self.host:
+                lifecycle.requeue(study, t._trial_id, kind="crash", reason=reason)
 
     # ------------------------------------------------------------------ main loop
 

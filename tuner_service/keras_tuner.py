@@ -96,7 +96,7 @@ Not supported, raising ``NotImplementedError`` with the alternative: ``distribut
 raise ``TypeError`` listing the supported ones.
 """
 
-from __future__ import annotations  # noqa: I001  (tuner_service.runner goes before Keras, below)
+from __future__ import annotations
 
 import contextlib
 import copy
@@ -118,11 +118,9 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-import tuner_service.runner as _runner  # sets TensorFlow's environment, so it must load before Keras
 
 import keras
 import keras_tuner as _kt
@@ -141,10 +139,13 @@ from keras_tuner.src.engine.metrics_tracking import MetricsTracker
 from keras_tuner.src.engine.objective import create_objective
 from keras_tuner.src.engine.oracle import _maybe_infer_direction_from_objective
 
+from tuner_service import attrs as A
 from tuner_service import study as study_mod
-from tuner_service.errors import BadInput, TrialError
+from tuner_service.errors import BadInput, StudyAborted, TrialError
 from tuner_service.hp import TrialHyperParameters, fixed, grid_values
-from tuner_service.runner import TrialInterrupted
+from tuner_service.runners import Outcome
+from tuner_service.runners._env import device_name
+from tuner_service.runners.keras import model_summary
 
 if TYPE_CHECKING:
     import optuna
@@ -667,7 +668,7 @@ class _ServiceTuner:
 
         from tuner_service.storage import open_storage
 
-        self._storage = open_storage(self.storage_url, heartbeat=True)
+        self._storage = open_storage(self.storage_url)
         if overwrite and study_mod.study_exists(self._storage, self.project_name):
             optuna.delete_study(study_name=self.project_name, storage=self._storage)
         if study_mod.study_exists(self._storage, self.project_name):
@@ -684,7 +685,7 @@ class _ServiceTuner:
         try:
             source, digest = self._hypermodel_source()
             attrs: dict[str, Any] = {
-                study_mod.SPEC_ATTR: _stored(spec),
+                A.SPEC: _stored(spec),
                 "submitted_at": _now(),
                 "tuner": "gridsearch" if isinstance(self, GridSearch) else spec.tuner.name,
                 FACADE_ATTR: {"class": type(self).__name__, "objective": str(self._objective),
@@ -692,11 +693,11 @@ class _ServiceTuner:
                               "max_trials": self._kt_max_trials, "project_dir": self._project_abs},
             }
             if digest:
-                attrs[study_mod.CODE_HASH_ATTR] = digest
+                attrs[A.CODE_HASH] = digest
             for key, value in attrs.items():
                 study.set_user_attr(key, value)
             self._enqueue(study, 0, budget)
-            study.set_user_attr(study_mod.READY_ATTR, True)
+            study.set_user_attr(A.READY, True)
         except BaseException:
             optuna.delete_study(study_name=self.project_name, storage=self._storage)
             raise
@@ -705,9 +706,10 @@ class _ServiceTuner:
                   type(self).__name__, budget)
 
     def _enqueue(self, study: optuna.Study, used: int, budget: int) -> None:
-        """Add WAITING slots ``used .. budget-1`` (empty slots; grid search: the grid points)."""
+        """Make slots ``used .. budget-1`` claimable: the study's budget counter (grid search:
+        the grid points, enqueued)."""
         if budget > used:
-            study_mod.enqueue_slots(study, budget - used)
+            study_mod.add_budget(study._storage, study._study_id, budget - used)
 
     def _resume(self) -> None:
         """``overwrite=False`` on an existing project: keep its trials, top the budget up."""
@@ -715,7 +717,7 @@ class _ServiceTuner:
 
         probe = optuna.load_study(study_name=self.project_name, storage=self._storage)
         deadline = time.monotonic() + 30
-        while not probe.user_attrs.get(study_mod.READY_ATTR):
+        while not probe.user_attrs.get(A.READY):
             if time.monotonic() > deadline:
                 raise ValueError(f"project {self.project_name!r} exists in {self.storage_url} but was never fully "
                                  "created; pass overwrite=True to start it afresh")
@@ -734,11 +736,11 @@ class _ServiceTuner:
         stored = study_mod.stored_spec(probe)
         if not self._seed_given:
             self.seed = stored.seed
-        counts = study_mod.Counts.of(probe.get_trials(deepcopy=False))
+        counts = study_mod.Counts.for_study(probe)
         budget = self._budget()
-        self._enqueue(probe, counts.budget_used, budget)
+        self._enqueue(probe, counts.total, budget)
         spec = self._spec(max(budget, counts.budget_used), self.seed)
-        probe.set_user_attr(study_mod.SPEC_ATTR, _stored(spec))
+        probe.set_user_attr(A.SPEC, _stored(spec))
         self._spec_obj = spec
         _log.info("resuming project %r: %d finished, %d to run", self.project_name, counts.finished,
                   max(0, budget - counts.finished - counts.running))
@@ -751,7 +753,7 @@ class _ServiceTuner:
             if self._storage is None:
                 from tuner_service.storage import open_storage
 
-                self._storage = open_storage(self.storage_url, heartbeat=True)
+                self._storage = open_storage(self.storage_url)
             sampler, pruner = tuners.make(self._spec_obj, worker=self._worker_index)
             self._prune = type(pruner).__name__ != "NopPruner"
             self._study = study_mod.load(self._storage, self.project_name, sampler=sampler, pruner=pruner)
@@ -833,7 +835,7 @@ class _ServiceTuner:
         if workers < 1:
             raise ValueError(f"workers must be at least 1 (got {workers})")
         study = self._get_study()
-        study.set_user_attr(study_mod.ABORTED_ATTR, None)
+        study.set_user_attr(A.ABORTED, None)
         self._record_data_sizes(study, fit_args, fit_kwargs)
         self.on_search_begin()
         if workers == 1:
@@ -843,173 +845,76 @@ class _ServiceTuner:
         self.on_search_end()
 
     def _work(self, fit_args: tuple[Any, ...], fit_kwargs: dict[str, Any]) -> int:
-        """The claim loop: take WAITING trials until the budget is spent; returns trials run."""
-        import optuna
-
-        from tuner_service.worker import claim
+        """The lifecycle's claim loop (:class:`tuner_service.lifecycle.TrialLoop`) with this
+        tuner as the runner, until the budget is spent; returns the trials run here."""
+        from tuner_service.lifecycle import LoopOptions, TrialLoop
 
         study = self._get_study()
-        budget = self._budget()
         self._reclaim_dead_local_trials(study)
-        ran = 0
-        while True:
-            optuna.storages.fail_stale_trials(study)
-            reason = study.user_attrs.get(study_mod.ABORTED_ATTR)
-            if reason:
-                raise RuntimeError(reason)
-            counts = study_mod.Counts.of(study.get_trials(deepcopy=False))
-            if counts.finished + counts.running >= budget:
-                break
-            trial = claim(study)
-            if trial is None:
-                if counts.running == 0 and counts.waiting == 0:
-                    break
-                time.sleep(_POLL_SECONDS)  # another process runs the last trials; one may be handed back
-                continue
-            self._run_claimed(study, trial, fit_args, fit_kwargs)
-            ran += 1
-        return ran
+        runner = _SearchRunner(self, fit_args, fit_kwargs)
+        loop = TrialLoop(study, runner, self._run_attrs, prune=self._prune, objective=self._objective.name,
+                         options=LoopOptions(retry_limit=self.max_retries_per_trial,
+                                             max_consecutive_failures=self.max_consecutive_failed_trials),
+                         on_trial_done=runner.trial_done)
+        reason = study.user_attrs.get(A.ABORTED)
+        if reason:
+            raise RuntimeError(reason)
+        try:
+            return loop.run()
+        except StudyAborted:
+            # keras-tuner's words for max_consecutive_failed_trials.
+            reason = (f"Number of consecutive failures exceeded the limit of {self.max_consecutive_failed_trials}.\n"
+                      + (runner.last_message or ""))
+            study.set_user_attr(A.ABORTED, reason)
+            raise RuntimeError(reason) from None
 
     def _reclaim_dead_local_trials(self, study: optuna.Study) -> None:
         """Hand back RUNNING trials whose process on this host is gone (a search killed outright),
         so a resumed search reruns them at once instead of after the heartbeat grace period."""
         from optuna.trial import TrialState
 
-        from tuner_service.retry import requeue
+        from tuner_service.lifecycle import requeue
 
         host = socket.gethostname()
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            pid = t.user_attrs.get("pid")
-            if t.user_attrs.get("host") != host or not isinstance(pid, int) or pid == os.getpid() or _alive(pid):
+            pid = t.user_attrs.get(A.PID)
+            if t.user_attrs.get(A.HOST) != host or not isinstance(pid, int) or pid == os.getpid() or _alive(pid):
                 continue
-            reason = f"process {pid} on {host} is gone"
-            try:
-                self._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
-                study.tell(t.number, state=TrialState.FAIL)
-            except Exception:  # another process reclaimed it first (e.g. the heartbeat check)
-                continue
-            requeue(study, self._storage.get_trial(t._trial_id), reason=reason, max_retry=sys.maxsize)
+            requeue(study, t._trial_id, kind="crash", reason=f"process {pid} on {host} is gone")
 
     def _trial_id(self, number: int) -> str:
         # keras-tuner pads trial ids to the width of str(max_trials) ("None" for Hyperband/GridSearch).
         return f"{number:0{len(str(self._kt_max_trials))}d}"
 
-    def _run_claimed(self, study: optuna.Study, trial: optuna.Trial, fit_args: tuple[Any, ...],
-                     fit_kwargs: dict[str, Any]) -> str:
-        """Run one claimed trial with a heartbeat and record it like a tuner-service worker."""
-        from optuna.trial import TrialState
-
-        from tuner_service.retry import requeue
-        from tuner_service.worker import Heartbeat
-
-        storage, tid = self._storage, trial._trial_id
-        frozen = storage.get_trial(tid)
-        trial_id = self._trial_id(frozen.number)
-        grid = None
-        if isinstance(self, GridSearch):
-            grid = set(frozen.system_attrs.get("fixed_params") or {}) | set(frozen.params)
-        hp = _TrialHP(trial, self._policy, grid)
-        kt_trial = Trial(hp, trial_id=trial_id, status=TrialStatus.RUNNING)
-        self._ctx = _TrialContext(trial, prune=self._prune)
-        beat = Heartbeat(storage, tid)
-        started = time.perf_counter()
-        state = "FAIL"
-        try:
-            beat.start()
-            for key, value in self._run_attrs(trial_id).items():
-                storage.set_trial_user_attr(tid, key, value)
-            self._policy.seed(hp)
-            _log.info("trial %s of %r started", trial_id, self.project_name)
-            self.on_trial_begin(kt_trial)
-            results = self.run_trial(kt_trial, *fit_args, **fit_kwargs)
-            ctx = self._ctx
-            attrs = self._outcome_attrs(hp, ctx, started)
-            if ctx.pruned:
-                attrs["best_epoch"] = self._best_epoch(ctx.reporters[0].history)
-                self._set_attrs(tid, attrs)
-                study.tell(trial, state=TrialState.PRUNED)
-                state, kt_trial.status = "PRUNED", "PRUNED"
-            else:
-                value, metrics, best_step = self._score(results)
-                attrs.update(best_metrics=metrics, best_step=best_step, best_epoch=best_step + 1)
-                self._set_attrs(tid, attrs)
-                study.tell(trial, value)
-                state, kt_trial.status, kt_trial.score, kt_trial.best_step = "COMPLETE", TrialStatus.COMPLETED, value, best_step
-        except (KeyboardInterrupt, TrialInterrupted, SystemExit) as exc:
-            # Hand the trial back (same parameters, WAITING) so a resumed search runs it again.
-            with _no_sigint():
-                reason = f"search interrupted ({type(exc).__name__})"
-                self._fail(study, trial, tid, reason)
-                requeue(study, storage.get_trial(tid), reason=reason, max_retry=sys.maxsize)
-            raise
-        except errors.FatalError as exc:
-            # keras-tuner stops the search and retries the trial when the project is reloaded.
-            with _no_sigint():
-                self._fail(study, trial, tid, _one_line(exc))
-                requeue(study, storage.get_trial(tid), reason=_one_line(exc), max_retry=sys.maxsize)
-            raise
-        except errors.FailedTrialError as exc:
-            self._fail(study, trial, tid, _one_line(exc))
-            kt_trial.status, kt_trial.message = TrialStatus.FAILED, traceback.format_exc()
-        except Exception as exc:
-            reason = _one_line(exc)
-            self._fail(study, trial, tid, reason)
-            kt_trial.status, kt_trial.message = TrialStatus.FAILED, traceback.format_exc()
-            if self.max_retries_per_trial > 0 and requeue(study, storage.get_trial(tid), reason=reason,
-                                                          max_retry=self.max_retries_per_trial):
-                kt_trial.status = TrialStatus.INVALID
-                _log.warning("trial %s failed (%s); retrying", trial_id, reason)
-        finally:
-            beat.stop()
-            self._ctx = None
-        self._record_space(hp)
-        self.on_trial_end(kt_trial)
-        _log.info("trial %s of %r: %s", trial_id, self.project_name, state)
-        if kt_trial.status == TrialStatus.FAILED:
-            self._check_consecutive_failures(study, kt_trial.message)
-        return state
-
-    def _run_attrs(self, trial_id: str) -> dict[str, Any]:
+    def _run_attrs(self) -> dict[str, Any]:
         return {
-            "trial_id": trial_id,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "worker": self._worker_index,
+            A.HOST: socket.gethostname(),
+            A.PID: os.getpid(),
+            A.WORKER: self._worker_index,
             "tuner_id": self.tuner_id,
-            "device": _runner._device(keras),
-            "keras_backend": keras.backend.backend(),
-            "started_at_unix": time.time(),
-            "checkpoint": self._checkpoint_path(trial_id),
+            A.DEVICE: device_name(keras),
+            A.KERAS_BACKEND: keras.backend.backend(),
+            A.STARTED_AT: round(time.time(), 3),
         }
 
-    def _outcome_attrs(self, hp: HyperParameters, ctx: _TrialContext, started: float) -> dict[str, Any]:
+    def _outcome(self, hp: HyperParameters, ctx: _TrialContext, started: float,
+                 trial_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(short attrs, long details) of a finished run."""
         histories = [r.history for r in ctx.reporters]
         attrs: dict[str, Any] = {
-            "fit_seconds": round(ctx.fit_seconds, 3),
-            "trial_seconds": round(time.perf_counter() - started, 3),
-            "epochs_run": max((r.epochs_run for r in ctx.reporters), default=0),
-            "history": _mean_history(histories),
-            "hyperparameters": _jsonable_config(hp),
-            "finished_at_unix": time.time(),
+            "trial_id": trial_id,
+            "checkpoint": self._checkpoint_path(trial_id),
+            A.FIT_SECONDS: round(ctx.fit_seconds, 3),
+            A.TRIAL_SECONDS: round(time.perf_counter() - started, 3),
+            A.EPOCHS_RUN: max((r.epochs_run for r in ctx.reporters), default=0),
         }
+        details: dict[str, Any] = {A.HISTORY: _mean_history(histories), "hyperparameters": _jsonable_config(hp)}
         if len(histories) > 1:
-            attrs["execution_histories"] = histories
+            details["execution_histories"] = histories
         if ctx.model is not None:
-            attrs["param_count"] = int(ctx.model.count_params())
-            attrs["model_summary"] = _runner.model_summary(ctx.model)
-        return attrs
-
-    def _set_attrs(self, tid: int, attrs: dict[str, Any]) -> None:
-        for key, value in attrs.items():
-            if value is not None:
-                self._storage.set_trial_user_attr(tid, key, value)
-
-    def _fail(self, study: optuna.Study, trial: optuna.Trial, tid: int, reason: str) -> None:
-        from optuna.trial import TrialState
-
-        self._storage.set_trial_user_attr(tid, "fail_reason", reason)
-        self._storage.set_trial_user_attr(tid, "traceback", traceback.format_exc()[-8000:])
-        study.tell(trial, state=TrialState.FAIL)
+            attrs[A.PARAM_COUNT] = int(ctx.model.count_params())
+            details[A.MODEL_SUMMARY] = model_summary(ctx.model)
+        return attrs, details
 
     def _score(self, results: Any) -> tuple[float, dict[str, float], int]:
         """keras-tuner's scoring: the objective of the best epoch, averaged over executions."""
@@ -1044,26 +949,6 @@ class _ServiceTuner:
                         f"{', '.join(sorted(first)) or 'nothing'}); pass validation data to search() for a val_ "
                         "metric, add the metric to compile(metrics=[...]), or choose another objective"
                     )
-
-    def _check_consecutive_failures(self, study: optuna.Study, message: str | None) -> None:
-        """keras-tuner's ``max_consecutive_failed_trials``, counted over the whole study."""
-        from optuna.trial import TrialState
-
-        trials = study.get_trials(deepcopy=False)
-        retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
-        ended = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-                        and t.number not in retried and t.datetime_complete is not None),
-                       key=lambda t: t.datetime_complete)
-        run = 0
-        for t in reversed(ended):
-            if t.state != TrialState.FAIL:
-                break
-            run += 1
-        if run >= self.max_consecutive_failed_trials:
-            reason = (f"Number of consecutive failures exceeded the limit of {self.max_consecutive_failed_trials}.\n"
-                      + (message or ""))
-            study.set_user_attr(study_mod.ABORTED_ATTR, reason)
-            raise RuntimeError(reason)
 
     # ------------------------------------------------------------------ one trial (keras-tuner's)
 
@@ -1286,7 +1171,7 @@ class _ServiceTuner:
         from optuna.trial import TrialState
 
         frozen = self._get_study().get_trials(deepcopy=False)
-        retried = {n for t in frozen for n in t.system_attrs.get("retry_history", ())}
+        retried = {n for t in frozen for n in t.system_attrs.get(A.RETRY_HISTORY, ())}
         out: dict[str, Trial] = {}
         for ft in frozen:
             if ft.state == TrialState.WAITING or (ft.state == TrialState.FAIL and ft.number in retried):
@@ -1298,13 +1183,13 @@ class _ServiceTuner:
     def _to_kt_trial(self, ft: FrozenTrial) -> Trial:
         from optuna.trial import TrialState
 
-        attrs = ft.user_attrs
+        attrs = {**ft.system_attrs, **ft.user_attrs}  # the long details are system attrs
         config = attrs.get("hyperparameters")
         hp = HyperParameters.from_config(config) if config else fixed(dict(ft.params))
         status = {TrialState.COMPLETE: TrialStatus.COMPLETED, TrialState.FAIL: TrialStatus.FAILED,
                   TrialState.RUNNING: TrialStatus.RUNNING}.get(ft.state, ft.state.name)
         trial = Trial(hp, trial_id=attrs.get("trial_id") or self._trial_id(ft.number), status=status,
-                      message=attrs.get("fail_reason"))
+                      message=attrs.get(A.FAIL_REASON))
         trial.metrics = self._metrics(attrs)
         trial.best_step = attrs.get("best_step") or 0
         if ft.state == TrialState.COMPLETE:
@@ -1317,7 +1202,7 @@ class _ServiceTuner:
     def _metrics(self, attrs: dict[str, Any]) -> MetricsTracker:
         """The per-epoch history as keras-tuner's ``MetricsTracker`` (steps = 0-based epochs)."""
         tracker = MetricsTracker()
-        history: dict[str, list[float]] = dict(attrs.get("history") or {})
+        history: dict[str, list[float]] = dict(attrs.get(A.HISTORY) or {})
         obj = self._objective
         if history and obj.name not in history:
             epochs = max(len(v) for v in history.values())
@@ -1367,6 +1252,83 @@ class _ServiceTuner:
         for trial in self.oracle.get_best_trials(num_trials):
             print()
             trial.summary()
+
+
+# ============================================================================ the runner
+
+
+class _SearchRunner:
+    """The keras-tuner API's :class:`~tuner_service.runners.Runner`: one claimed trial through
+    the tuner's ``run_trial`` (a subclass's override included) and keras-tuner's scoring. The
+    lifecycle claims, records and re-queues; this only runs."""
+
+    def __init__(self, tuner: _ServiceTuner, fit_args: tuple[Any, ...], fit_kwargs: dict[str, Any]) -> None:
+        self.tuner, self.fit_args, self.fit_kwargs = tuner, fit_args, fit_kwargs
+        self.backend = keras.backend.backend()
+        self.device = device_name(keras)
+        self.kt_trial: Trial | None = None
+        self.last_message: str | None = None
+
+    def preflight(self) -> dict[str, Any]:
+        return {}
+
+    def run(self, trial: optuna.Trial, *, prune: bool) -> Outcome:
+        tuner = self.tuner
+        frozen = trial._cached_frozen_trial
+        trial_id = tuner._trial_id(frozen.number)
+        grid = None
+        if isinstance(tuner, GridSearch):
+            grid = set(frozen.system_attrs.get(A.FIXED_PARAMS) or {}) | set(frozen.params)
+        hp = _TrialHP(trial, tuner._policy, grid)
+        kt_trial = self.kt_trial = Trial(hp, trial_id=trial_id, status=TrialStatus.RUNNING)
+        tuner._ctx = ctx = _TrialContext(trial, prune=prune)
+        started = time.perf_counter()
+        try:
+            tuner._policy.seed(hp)
+            _log.info("trial %s of %r started", trial_id, tuner.project_name)
+            tuner.on_trial_begin(kt_trial)
+            results = tuner.run_trial(kt_trial, *self.fit_args, **self.fit_kwargs)
+            attrs, details = tuner._outcome(hp, ctx, started, trial_id)
+            if ctx.pruned:
+                attrs[A.BEST_EPOCH] = tuner._best_epoch(ctx.reporters[0].history)
+                kt_trial.status = "PRUNED"
+                return Outcome(None, True, attrs, details)
+            value, metrics, best_step = tuner._score(results)
+            attrs.update(best_metrics=metrics, best_step=best_step)
+            attrs[A.BEST_EPOCH] = best_step + 1
+            kt_trial.status, kt_trial.score, kt_trial.best_step = TrialStatus.COMPLETED, value, best_step
+            return Outcome([value], False, attrs, details)
+        except errors.FatalError:
+            raise  # stops the search; the lifecycle re-queues the trial first
+        except errors.FailedTrialError as exc:
+            self._failed(exc)
+            raise TrialError(_one_line(exc)) from exc
+        except TrialError as exc:
+            self._failed(exc)
+            raise
+        except Exception as exc:
+            self._failed(exc)
+            raise TrialError(_one_line(exc), retry=tuner.max_retries_per_trial > 0) from exc
+        finally:
+            tuner._ctx = None
+
+    def _failed(self, exc: BaseException) -> None:
+        assert self.kt_trial is not None
+        self.kt_trial.status, self.kt_trial.message = TrialStatus.FAILED, traceback.format_exc()
+        self.last_message = self.kt_trial.message
+
+    def trial_done(self, state: str) -> None:
+        """After the lifecycle recorded the trial: keras-tuner's end-of-trial hooks."""
+        kt_trial = self.kt_trial
+        if kt_trial is None:
+            return
+        if state == "REQUEUED":  # keras-tuner's status for a failed trial it will retry
+            kt_trial.status = TrialStatus.INVALID
+            _log.warning("trial %s failed; retrying", kt_trial.trial_id)
+        self.tuner._record_space(kt_trial.hyperparameters)
+        self.tuner.on_trial_end(kt_trial)
+        _log.info("trial %s of %r: %s", kt_trial.trial_id, self.tuner.project_name, state)
+        self.kt_trial = None
 
 
 # ============================================================================ the four tuners

@@ -71,11 +71,9 @@ def retrain(
         raise BadInput(f"--seeds {seeds} is not valid; give 1 or more")
     run_dir = _new_run_dir(Path(output), study_name)
 
-    from tuner_service.worker import check_code_identity
-
-    check_code_identity(study)
+    study_mod.servable_spec(study)  # the model source here must be the submitted one
     if spec.tuner.name == "grid":
-        from tuner_service.tuners.grid import retrain_point
+        from tuner_service.runners.grid import retrain_point
 
         fit_one = retrain_point(spec, chosen)
     else:
@@ -101,9 +99,9 @@ def retrain(
 
 
 def _keras_tuner_style(spec: Any, chosen: Any, n_epochs: int, verbose: int) -> Any:
-    from tuner_service.runner import TrialRunner
+    from tuner_service.runners.keras import KerasRunner
 
-    runner = TrialRunner(spec)
+    runner = KerasRunner(spec)
     keras = runner.keras
     d = runner.data
     if _len(d.x_test) == 0:
@@ -227,6 +225,29 @@ REQUEST_ATTR = "retrain_request"
 REQUEST_BEAT_SECONDS = float(os.environ.get("TUNER_SERVICE_RETRAIN_BEAT", "10"))
 #: ... and a "running" request not refreshed for this long is taken over (its agent died).
 REQUEST_STALE_SECONDS = float(os.environ.get("TUNER_SERVICE_RETRAIN_STALE", "60"))
+
+
+def compare_and_set_study_user_attr(storage: Any, study_id: int, key: str, expected: Any, new: Any) -> bool:
+    """Set a study user attr to ``new`` only if it still holds ``expected``; atomic.
+
+    One ``UPDATE ... WHERE value_json = <expected>`` on Optuna's own table (the JSON Optuna
+    itself writes), so of several agents exactly one wins a job.
+    """
+    import json
+
+    from optuna.storages._rdb import models
+    from sqlalchemy import update
+
+    from tuner_service.storage import rdb
+
+    table = models.StudyUserAttributeModel.__table__
+    with rdb(storage).engine.begin() as conn:
+        result = conn.execute(
+            update(table)
+            .where(table.c.study_id == study_id, table.c.key == key, table.c.value_json == json.dumps(expected))
+            .values(value_json=json.dumps(new))
+        )
+        return result.rowcount == 1
 
 
 def request_is_stale(request: dict[str, Any], now: float | None = None) -> bool:

@@ -9,6 +9,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
+from tuner_service import attrs as A
 from tuner_service import study as study_mod
 from tuner_service.errors import BadInput, StudyAborted, WorkersFailed
 from tuner_service.storage import check_url, mask_password, open_storage, resolve_url, sqlite_path
@@ -84,12 +85,14 @@ def _preflight(spec: StudySpec) -> tuple[Any, dict[str, Any], list[dict[str, Any
     from tuner_service import tuners
 
     tuner = tuners.get(spec.tuner.name)
-    prepare = getattr(tuner, "prepare", None)
-    if prepare is not None:  # e.g. grid: validates the grid against the estimator, returns the points
-        return prepare(spec)
-    from tuner_service.runner import TrialRunner
+    if tuner.prepare is not None:  # e.g. grid: validates the grid against the estimator, returns the points
+        import importlib
 
-    runner = TrialRunner(spec)
+        module, _, attr = tuner.prepare.partition(":")
+        return getattr(importlib.import_module(module), attr)(spec)
+    from tuner_service.runners import make_runner
+
+    runner = make_runner(spec)
     runner.preflight()
     d = runner.data
     extra = {"data": {"source": spec.data.source, "hash": d.hash, "task": d.task, **d.sizes}}
@@ -135,7 +138,7 @@ def run_local(
         stop.set()
         progress.join()
     counts = study_mod.Counts.for_study(study)
-    aborted = study.user_attrs.get(study_mod.ABORTED_ATTR) if not counts.done else None
+    aborted = study.user_attrs.get(A.ABORTED) if not counts.done else None
     if aborted:
         raise StudyAborted(f"study {spec.name!r} stopped: {aborted}")
     crashed = [p.returncode for p in procs if p.returncode not in (0, None, -signal.SIGINT, -signal.SIGTERM, 130)]
@@ -229,7 +232,7 @@ def _open(url: str | None, name: str) -> optuna.Study:
 def best(name: str, storage_url: str | None = None, *, study: optuna.Study | None = None) -> dict[str, Any]:
     study = study or _open(storage_url, name)
     t = study_mod.best_trial(study)
-    spec = study.user_attrs.get(study_mod.SPEC_ATTR) or {}
+    spec = study.user_attrs.get(A.SPEC) or {}
     return {
         "study": name,
         "number": t.number,
@@ -238,7 +241,7 @@ def best(name: str, storage_url: str | None = None, *, study: optuna.Study | Non
         "direction": study.direction.name.lower(),
         "params": t.params,
         "best_epoch": t.user_attrs.get("best_epoch"),
-        "user_attrs": {k: v for k, v in t.user_attrs.items() if k not in ("model_summary", "history", "traceback")},
+        "user_attrs": dict(t.user_attrs),
     }
 
 
@@ -288,8 +291,8 @@ def status(name: str, storage_url: str | None = None) -> dict[str, Any]:
     study = _open(storage_url, name)
     maximize = study.direction.name == "MAXIMIZE"
     c = study_mod.Counts.for_study(study, maximize=maximize)
-    spec = study.user_attrs.get(study_mod.SPEC_ATTR) or {}
-    state = ("aborted" if study.user_attrs.get(study_mod.ABORTED_ATTR)
+    spec = study.user_attrs.get(A.SPEC) or {}
+    state = ("aborted" if study.user_attrs.get(A.ABORTED)
              else "done" if c.done else "running" if c.running else "waiting")
     info: dict[str, Any] = {
         "study": name,
@@ -304,8 +307,14 @@ def status(name: str, storage_url: str | None = None) -> dict[str, Any]:
         "data": study.user_attrs.get("data"),
         "submitted_at": study.user_attrs.get("submitted_at"),
     }
-    if study.user_attrs.get(study_mod.ABORTED_ATTR):
-        info["aborted"] = study.user_attrs[study_mod.ABORTED_ATTR]
+    if study.user_attrs.get(A.ABORTED):
+        info["aborted"] = study.user_attrs[A.ABORTED]
+    if c.failures:  # why each trial that stays FAIL stopped for good (e.g. "gave up after 3 retries")
+        info["failures"] = {str(n): reason for n, reason in c.failures}
+    refusals = {k.split(":", 1)[1]: v["reason"] for k, v in study._storage.get_study_system_attrs(study._study_id).items()
+                if k.startswith("refused:") and v}
+    if refusals:  # agents that will not run this study, and why
+        info["refused_by"] = refusals
     retrain = study.user_attrs.get("retrain")
     if retrain:
         info["retrained_test_metrics"] = retrain.get("test_metrics")

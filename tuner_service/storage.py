@@ -1,15 +1,11 @@
-"""Storage URL -> Optuna RDB storage with engine settings that hold up under many workers.
+"""Storage URL -> the service's Optuna RDB storage (:mod:`tuner_service._rdb`), and how a
+caller rides out the storage being briefly unreachable (:func:`with_storage_retry`).
 
-SQLite: WAL journal, a long busy timeout, and every transaction opened with
-``BEGIN IMMEDIATE``. Plain Optuna on SQLite lets two processes claim the same waiting
-trial (both read WAITING in deferred transactions, both then write); taking the write lock at
-the start of the transaction serialises claims, so an enqueued point (grid point, retry,
-budget slot) runs exactly once. ``synchronous=NORMAL`` in WAL mode keeps every committed
-transaction across a crash of any process (kill -9); only an OS crash or power loss can lose
-the last commits. Set ``TUNER_SERVICE_SQLITE_SYNCHRONOUS=FULL`` to close that window too.
+Nothing here changes process-wide state: no logging levels, no warning filters.
 
-PostgreSQL (``postgresql+psycopg://``): pooled connections with ``pool_pre_ping`` so a
-server restart costs one failed ping, not a failed trial.
+PostgreSQL (``postgresql+psycopg://``): pooled connections with ``pool_pre_ping`` (a server
+restart costs one failed ping, not a failed trial) and a 10 s connect timeout (an unreachable
+host fails a call in seconds, not minutes).
 """
 
 from __future__ import annotations
@@ -26,11 +22,6 @@ if TYPE_CHECKING:
 
 DEFAULT_STORAGE = "sqlite:///tuner.db"
 STORAGE_ENV = "TUNER_SERVICE_STORAGE"
-
-#: Heartbeat settings (seconds). A trial whose heartbeat is older than the grace period is
-#: failed and re-queued with the same parameters.
-HEARTBEAT_INTERVAL = int(os.environ.get("TUNER_SERVICE_HEARTBEAT_INTERVAL", "5"))
-HEARTBEAT_GRACE = int(os.environ.get("TUNER_SERVICE_HEARTBEAT_GRACE", "20"))
 
 _PASSWORD_RE = re.compile(r"(?P<head>[a-zA-Z0-9+._-]+://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<tail>@)")
 
@@ -81,54 +72,24 @@ def check_url(url: str) -> None:
 def _engine_kwargs(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         # isolation_level=None: the sqlite3 module must not open transactions itself, so
-        # that the "begin" hook below decides how each transaction starts.
+        # that the "begin" hook decides how each transaction starts (tuner_service._rdb).
         return {"connect_args": {"timeout": 60, "isolation_level": None}}
-    return {"pool_pre_ping": True, "pool_recycle": 300}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_recycle": 300}
+    if url.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    return kwargs
 
 
-def _install_sqlite_hooks(engine: Any) -> None:
-    from sqlalchemy import event
+def open_storage(url: str | None = None, *, create: bool = True) -> optuna.storages.RDBStorage:
+    """Open (and, for a new database, create) the storage behind ``url``.
 
-    synchronous = os.environ.get("TUNER_SERVICE_SQLITE_SYNCHRONOUS", "NORMAL").upper()
-    if synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
-        raise BadInput(
-            f"TUNER_SERVICE_SQLITE_SYNCHRONOUS={synchronous!r} is not valid; "
-            "use NORMAL (default) or FULL"
-        )
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=60000")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def open_storage(
-    url: str | None = None,
-    *,
-    heartbeat: bool = False,
-    create: bool = True,
-) -> optuna.storages.RDBStorage:
-    """Open (and, for a new database, create) the Optuna storage behind ``url``.
-
-    ``heartbeat=True`` enables Optuna's heartbeat so stale trials can be failed and retried;
-    workers use it, read-only commands do not need it. ``create=False`` refuses to create a
-    new SQLite file (used by read-only commands so a typo does not leave an empty database).
+    ``create=False`` refuses to create a new SQLite file (read-only commands: a typo must not
+    leave an empty database behind).
     """
-    import warnings
-
-    import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
-    # Heartbeats and fail_stale_trials are marked experimental; we rely on them on purpose.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # we report progress ourselves
+    from tuner_service._rdb import ServiceStorage
+
     url = resolve_url(url)
     check_url(url)
     path = sqlite_path(url)
@@ -136,26 +97,18 @@ def open_storage(
         raise BadInput(
             f"no database at {str(path)!r}; check --storage (or ${STORAGE_ENV}) or submit a study first"
         )
-    kwargs: dict[str, Any] = {}
-    if heartbeat:
-        from tuner_service.retry import RequeueStaleTrial
-
-        kwargs = {
-            "heartbeat_interval": HEARTBEAT_INTERVAL,
-            "grace_period": HEARTBEAT_GRACE,
-            "heartbeat_stale_trial_callback": RequeueStaleTrial(),
-        }
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
+        return ServiceStorage(url, engine_kwargs=_engine_kwargs(url))
     except (SQLAlchemyError, ImportError, ValueError, OSError) as exc:
         raise StorageUnavailable(
             f"cannot open storage {mask_password(url)!r}: {mask_password(_first_line(exc))}; "
             "check the URL, that the server is running and the credentials"
         ) from None
-    if url.startswith("sqlite"):
-        _install_sqlite_hooks(storage.engine)
-        storage.engine.dispose()  # drop connections made before the hooks were installed
-    return storage
+
+
+def rdb(storage: Any) -> Any:
+    """The RDB storage behind Optuna's cache wrapper (``study._storage`` is a ``_CachedStorage``)."""
+    return getattr(storage, "_backend", storage)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -165,29 +118,63 @@ def _first_line(exc: BaseException) -> str:
 
 # --------------------------------------------------------------------------- resilience
 
-#: How long a worker waits for the storage to come back before giving up (seconds).
+#: How long a caller waits for the storage to come back before giving up (seconds).
 STORAGE_RETRY_SECONDS = float(os.environ.get("TUNER_SERVICE_STORAGE_RETRY_SECONDS", "600"))
+
+#: Words of driver messages that mean "the server/connection is gone or busy", for drivers
+#: that report such errors as a generic DatabaseError.
+_TRANSIENT_WORDS = ("database is locked", "connection", "server closed", "terminating", "timeout",
+                    "could not connect", "the database system is", "broken pipe", "ssl syscall")
+#: ... and words that mean the opposite even in an OperationalError (schema, credentials).
+_PERMANENT_WORDS = ("no such table", "no such column", "authentication failed", "does not exist", "syntax error",
+                    "readonly database", "disk i/o error", "file is not a database")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is a storage error that retrying can fix: a lost or
+    refused connection, a server shutting down or restarting, a lock timeout. Errors in what
+    was written (a value too long for its column, a constraint, bad SQL) are not."""
+    from sqlalchemy import exc as sa
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (sa.IntegrityError, sa.DataError, sa.ProgrammingError, sa.NotSupportedError)):
+            return False
+        if isinstance(exc, sa.DBAPIError) and exc.connection_invalidated:
+            return True
+        if any(w in str(exc).lower() for w in _PERMANENT_WORDS):
+            return False
+        if isinstance(exc, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError, sa.TimeoutError,
+                            ConnectionError)):
+            return True
+        if isinstance(exc, sa.DatabaseError) and any(w in str(exc).lower() for w in _TRANSIENT_WORDS):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
 
 
 def with_storage_retry(fn: Any, *args: Any, what: str = "storage", **kwargs: Any) -> Any:
-    """Call ``fn``; while the database is unreachable (server restarting, SQLite busy),
-    retry with exponential backoff (0.5 s doubling to 10 s) for up to
-    ``STORAGE_RETRY_SECONDS``. Logic errors (a finished trial, a missing study) pass through."""
+    """Call ``fn``; while the database is unreachable (server restarting, SQLite busy), retry
+    with exponential backoff (0.5 s doubling to 10 s) for up to ``STORAGE_RETRY_SECONDS``,
+    then raise :class:`StorageOutage`. Any other error passes through at once."""
     import logging
     import time
 
-    from optuna.exceptions import StorageInternalError
-    from sqlalchemy.exc import DBAPIError
+    from tuner_service.lifecycle._liveness import note_storage_error
 
     log = logging.getLogger("tuner_service.storage")
     delay, deadline, warned = 0.5, time.monotonic() + STORAGE_RETRY_SECONDS, False
     while True:
         try:
             result = fn(*args, **kwargs)
-        except (StorageInternalError, DBAPIError) as exc:
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            note_storage_error()
             if time.monotonic() + delay > deadline:
                 raise StorageOutage(f"storage unreachable for {STORAGE_RETRY_SECONDS:.0f} s during {what}: "
-                                         f"{mask_password(_first_line(exc))}") from None
+                                    f"{mask_password(_first_line(exc))}") from None
             if not warned:
                 log.warning("storage unavailable during %s (%s); retrying with backoff",
                             what, mask_password(_first_line(exc)))
@@ -198,162 +185,3 @@ def with_storage_retry(fn: Any, *args: Any, what: str = "storage", **kwargs: Any
         if warned:
             log.warning("storage reachable again (%s)", what)
         return result
-
-
-def set_trial_user_attrs(storage: Any, trial_id: int, attrs: dict[str, Any]) -> None:
-    """Write several trial user attrs in one transaction (one commit instead of one each).
-
-    Uses the same per-attribute routine Optuna's ``RDBStorage.set_trial_user_attr`` uses, inside
-    one session; other storages fall back to one call per attribute.
-    """
-    try:
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import RDBStorage, _create_scoped_session
-    except ImportError:  # pragma: no cover - a future Optuna layout
-        RDBStorage = None  # noqa: N806
-    storage = _rdb(storage)
-    if RDBStorage is not None and isinstance(storage, RDBStorage) and hasattr(storage, "_set_trial_attr_without_commit"):
-        with _create_scoped_session(storage.scoped_session, True) as session:
-            for key, value in attrs.items():
-                storage._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
-        return
-    for key, value in attrs.items():
-        storage.set_trial_user_attr(trial_id, key, value)
-
-
-def waiting_trial_ids(storage: Any, study_id: int, limit: int = 8) -> list[int]:
-    """Ids of up to ``limit`` WAITING trials of a study, oldest first.
-
-    One indexed query, so claiming stays cheap when a study has thousands of budget slots
-    (``get_all_trials(states=(WAITING,))`` would load every waiting trial on every claim).
-    """
-    from optuna.trial import TrialState
-
-    try:
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import RDBStorage, _create_scoped_session
-    except ImportError:  # pragma: no cover - a future Optuna layout
-        RDBStorage = None  # noqa: N806
-    storage = _rdb(storage)
-    if RDBStorage is not None and isinstance(storage, RDBStorage):
-        with _create_scoped_session(storage.scoped_session) as session:
-            rows = (
-                session.query(models.TrialModel.trial_id)
-                .filter(models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.WAITING)
-                .order_by(models.TrialModel.trial_id)
-                .limit(limit)
-                .all()
-            )
-        return [r[0] for r in rows]
-    return [t._trial_id for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,))][:limit]
-
-
-# --------------------------------------------------------------------------- the budget counter
-
-
-def _rdb(storage: Any) -> Any:
-    """The RDBStorage behind Optuna's cache wrapper (``study._storage`` is a ``_CachedStorage``)."""
-    return getattr(storage, "_backend", storage)
-
-
-def _budget_table() -> Any:
-    from sqlalchemy import Column, Integer, MetaData, Table
-
-    return Table(
-        "tuner_service_budget", MetaData(),
-        Column("study_id", Integer, primary_key=True, autoincrement=False),
-        Column("remaining", Integer, nullable=False),
-    )
-
-
-_BUDGET = None
-_BUDGET_READY: set[int] = set()  # engines whose table exists (create_all costs a query per call)
-
-
-def budget_table(storage: Any) -> Any:
-    """The one table of our own: per study, how many trials may still be started.
-
-    Taking a slot is one atomic ``UPDATE ... SET remaining = remaining - 1 WHERE remaining > 0``
-    (SQLite: inside ``BEGIN IMMEDIATE``; PostgreSQL: a row lock), so N workers never start
-    more than the budget, without thousands of placeholder trials that every sampler call
-    would have to re-read.
-    """
-    global _BUDGET
-    if _BUDGET is None:
-        _BUDGET = _budget_table()
-    engine = _rdb(storage).engine
-    if id(engine) not in _BUDGET_READY:
-        from sqlalchemy import inspect
-        from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-
-        try:
-            _BUDGET.metadata.create_all(engine, checkfirst=True)
-        except (IntegrityError, ProgrammingError, OperationalError):
-            # Several processes on a fresh database raced to create it; one won.
-            if not inspect(engine).has_table(_BUDGET.name):
-                raise
-        _BUDGET_READY.add(id(engine))
-    return _BUDGET
-
-
-def add_budget(storage: Any, study_id: int, n: int) -> None:
-    from sqlalchemy import case, insert, select, update
-
-    table = budget_table(storage)
-    with _rdb(storage).engine.begin() as conn:
-        row = conn.execute(select(table.c.remaining).where(table.c.study_id == study_id)).first()
-        if row is None:
-            conn.execute(insert(table).values(study_id=study_id, remaining=max(n, 0)))
-        else:
-            new = table.c.remaining + n
-            conn.execute(update(table).where(table.c.study_id == study_id)
-                         .values(remaining=case((new < 0, 0), else_=new)))
-
-
-def take_budget(storage: Any, study_id: int) -> bool:
-    """Atomically take one trial slot; False when none is left."""
-    from sqlalchemy import update
-
-    table = budget_table(storage)
-    with _rdb(storage).engine.begin() as conn:
-        result = conn.execute(update(table).where(table.c.study_id == study_id, table.c.remaining > 0)
-                              .values(remaining=table.c.remaining - 1))
-        return result.rowcount == 1
-
-
-def remaining_budget(storage: Any, study_id: int) -> int:
-    from sqlalchemy import select
-
-    table = budget_table(storage)
-    with _rdb(storage).engine.connect() as conn:
-        row = conn.execute(select(table.c.remaining).where(table.c.study_id == study_id)).first()
-    return int(row[0]) if row else 0
-
-
-def drop_budget(storage: Any, study_id: int) -> None:
-    from sqlalchemy import delete
-
-    table = budget_table(storage)
-    with _rdb(storage).engine.begin() as conn:
-        conn.execute(delete(table).where(table.c.study_id == study_id))
-
-
-def compare_and_set_study_user_attr(storage: Any, study_id: int, key: str, expected: Any, new: Any) -> bool:
-    """Set a study user attr to ``new`` only if it still holds ``expected``; atomic.
-
-    One ``UPDATE ... WHERE value_json = <expected>`` on Optuna's own table (the JSON Optuna
-    itself writes), so of several agents exactly one wins a job.
-    """
-    import json
-
-    from optuna.storages._rdb import models
-    from sqlalchemy import update
-
-    table = models.StudyUserAttributeModel.__table__
-    with _rdb(storage).engine.begin() as conn:
-        result = conn.execute(
-            update(table)
-            .where(table.c.study_id == study_id, table.c.key == key, table.c.value_json == json.dumps(expected))
-            .values(value_json=json.dumps(new))
-        )
-        return result.rowcount == 1

@@ -20,29 +20,46 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tuner_service.errors import BadInput
+from tuner_service import attrs as A
+from tuner_service.errors import BadInput, Refused
 from tuner_service.spec import StudySpec, code_hash
-from tuner_service.storage import add_budget, drop_budget, remaining_budget
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-SPEC_ATTR = "spec"
-CODE_HASH_ATTR = "code_hash"
-READY_ATTR = "ready"
-ABORTED_ATTR = "aborted"
+
+def add_budget(storage: Any, study_id: int, n: int) -> None:
+    """Add ``n`` slots to the study's budget counter (negative: take them away, not below 0)."""
+    from tuner_service.lifecycle import _sql
+
+    _sql.ensure_budget_table(storage)
+    with _sql.transaction(storage) as s:
+        _sql.add_slots(s, study_id, n)
+
+
+def remaining_budget(storage: Any, study_id: int) -> int:
+    from tuner_service.lifecycle import _sql
+
+    _sql.ensure_budget_table(storage)
+    with _sql.read(storage) as s:
+        return _sql.remaining(s, study_id)
+
+
+def drop_budget(storage: Any, study_id: int) -> None:
+    from tuner_service.lifecycle import _sql
+
+    _sql.ensure_budget_table(storage)
+    with _sql.transaction(storage) as s:
+        _sql.drop_slots(s, study_id)
 
 
 def study_exists(storage: Any, name: str) -> bool:
-    import optuna
 
     try:
         storage.get_study_id_from_name(name)
         return True
     except KeyError:
-        return False
-    except optuna.exceptions.StorageInternalError:
         return False
 
 
@@ -69,10 +86,10 @@ def create(
     study = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.objective.direction)
     try:
         attrs = {
-            SPEC_ATTR: spec.to_stored(),
-            CODE_HASH_ATTR: code_hash(spec.model),
-            "submitted_at": _now(),
-            "tuner": spec.tuner.name,
+            A.SPEC: spec.to_stored(),
+            A.CODE_HASH: code_hash(spec.model),
+            A.SUBMITTED_AT: _now(),
+            A.TUNER: spec.tuner.name,
             **(extra_attrs or {}),
         }
         for key, value in attrs.items():
@@ -81,7 +98,7 @@ def create(
         if points is not None:
             enqueue_slots(study, len(points), points)
         add_budget(storage, study._study_id, 0 if points is not None else tuners.planned_trials(spec))
-        study.set_user_attr(READY_ATTR, True)
+        study.set_user_attr(A.READY, True)
     except BaseException:
         delete(storage, spec.name)
         raise
@@ -104,7 +121,7 @@ def enqueue_slots(study: optuna.Study, n: int, points: list[dict[str, Any]] | No
     for i in range(n):
         params = points[i] if points is not None else {}
         study.add_trial(
-            optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, system_attrs={"fixed_params": params})
+            optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, system_attrs={A.FIXED_PARAMS: params})
         )
 
 
@@ -118,30 +135,56 @@ def load(storage: Any, name: str, *, sampler: Any = None, pruner: Any = None) ->
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
 
-def expired(user_attrs: dict[str, Any], spec: StudySpec) -> bool:
-    """Whether the study's ``budget.timeout`` has passed (counted from its last (re)start)."""
-    if not spec.budget.timeout:
+def expired(user_attrs: dict[str, Any], timeout: float | None) -> bool:
+    """Whether the study's ``budget.timeout`` (seconds) has passed, counted from its last
+    (re)start; ``timeout`` None: never."""
+    if not timeout:
         return False
-    started = user_attrs.get("resumed_at") or user_attrs.get("submitted_at")
+    started = user_attrs.get(A.RESUMED_AT) or user_attrs.get(A.SUBMITTED_AT)
     if not started:
         return False
     elapsed = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(started)).total_seconds()
-    return elapsed > spec.budget.timeout
+    return elapsed > timeout
 
 
 def refuse_facade_study(study: optuna.Study) -> None:
     """Studies of ``tuner_service.keras_tuner`` run inside the user's script, with its data."""
-    if study.user_attrs.get("keras_tuner"):
-        raise BadInput(f"study {study.study_name!r} was created by tuner_service.keras_tuner: its trials run inside "
-                       "the script's tuner.search(...); use search(..., workers=N) for more processes")
+    if study.user_attrs.get(A.KERAS_TUNER):
+        raise Refused(f"study {study.study_name!r} was created by tuner_service.keras_tuner: its trials run inside "
+                      "the script's tuner.search(...); use search(..., workers=N) for more processes")
+
+
+def servable_spec(study: optuna.Study) -> StudySpec:
+    """The study's spec, if this machine can run its trials; else :class:`Refused` naming why
+    (a keras-tuner API study, a stored spec that does not validate here because a file it
+    names is missing, a model source that differs from the submitted one)."""
+    refuse_facade_study(study)
+    try:
+        spec = stored_spec(study)
+    except BadInput as exc:
+        raise Refused(f"study {study.study_name!r} cannot run on this machine: {exc}") from None
+    expected = study.user_attrs.get(A.CODE_HASH)
+    try:
+        actual = code_hash(spec.model)
+    except BadInput as exc:
+        raise Refused(f"study {study.study_name!r}: {exc} (this machine needs the same code checkout)") from None
+    if expected and actual != expected:
+        raise Refused(
+            f"study {study.study_name!r}: model source {spec.model.split(':')[0]!r} here differs from the "
+            f"submitted one (sha256 {actual[:12]} != {expected[:12]}); check out the submitted version of the code"
+        )
+    return spec
 
 
 def stored_spec(study: optuna.Study) -> StudySpec:
-    raw = study.user_attrs.get(SPEC_ATTR)
+    """The spec stored with the study, validated here (one-line :class:`BadInput` if not)."""
+    from tuner_service.spec import validate_spec
+
+    raw = study.user_attrs.get(A.SPEC)
     if raw is None:
         raise BadInput(f"study {study.study_name!r} was not created by tuner-service (it has no spec); "
                        "query it with optuna's own tools")
-    return StudySpec.model_validate(raw)
+    return validate_spec(raw, source=f"study {study.study_name!r}'s stored spec")
 
 
 def resume(study: optuna.Study, spec: StudySpec) -> int:
@@ -163,9 +206,9 @@ def resume(study: optuna.Study, spec: StudySpec) -> int:
     missing = tuners.planned_trials(spec) - counts.total
     if missing > 0 and spec.tuner.name != "grid":
         add_budget(study._storage, study._study_id, missing)
-    study.set_user_attr(SPEC_ATTR, spec.to_stored())
-    study.set_user_attr(ABORTED_ATTR, None)
-    study.set_user_attr("resumed_at", _now())  # a timeout counts from here
+    study.set_user_attr(A.SPEC, spec.to_stored())
+    study.set_user_attr(A.ABORTED, None)
+    study.set_user_attr(A.RESUMED_AT, _now())  # a timeout counts from here
     return max(missing, 0)
 
 
@@ -182,6 +225,7 @@ class Counts:
     remaining: int = 0  # budget slots not started yet (the counter)
     best: FrozenTrial | None = None
     running_numbers: list[int] = field(default_factory=list)
+    failures: list[tuple[int, str]] = field(default_factory=list)  # (number, reason) of the final failures
 
     @property
     def finished(self) -> int:
@@ -210,7 +254,7 @@ class Counts:
     def of(cls, trials: list[FrozenTrial], maximize: bool | None = None) -> Counts:
         from optuna.trial import TrialState
 
-        retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+        retried = {n for t in trials for n in t.system_attrs.get(A.RETRY_HISTORY, ())}
         c = cls()
         for t in trials:
             s = t.state
@@ -227,6 +271,7 @@ class Counts:
                     c.retried += 1
                 else:
                     c.failed += 1
+                    c.failures.append((t.number, str(t.user_attrs.get(A.FAIL_REASON) or "no reason recorded")))
             elif s == TrialState.RUNNING:
                 c.running += 1
                 c.running_numbers.append(t.number)

@@ -6,7 +6,7 @@ memory settings were added (``baseline``: a verbatim copy of the old ``_slot_env
 
 1. imports Keras on the chosen backend and calls ``runner.configure_gpu()`` (baseline torch
    cases skip it: the old ``configure_gpu`` returned at once for every backend but TensorFlow);
-2. reports ``runner._device(keras)`` and the process's own GPU memory (``nvidia-smi``) after
+2. reports ``runner.device_name(keras)`` and the process's own GPU memory (``nvidia-smi``) after
    the backend has started and run one small op (JAX's preallocation shows here);
 3. optionally tries to allocate ``--alloc-frac`` of the GPU's memory in one array, and reports
    whether that succeeded: with K=2 runners per GPU the cap is 45% of the GPU, so 60% must fail.
@@ -54,12 +54,12 @@ def child(args: argparse.Namespace) -> None:
     result: dict[str, object] = {"case": args.case, "pid": os.getpid()}
     import keras
 
-    from tuner_service import runner
+    from tuner_service.runners import _env as runner
 
     if args.configure:
         runner.configure_gpu()
     result["backend"] = keras.backend.backend()
-    result["device"] = runner._device(keras)
+    result["device"] = runner.device_name(keras)
     total_mib = float(os.environ.get("PROBE_TOTAL_MIB", "0"))
     if keras.backend.backend() == "jax":
         import jax

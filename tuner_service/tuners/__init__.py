@@ -51,18 +51,18 @@ class BayesianOptions(_Options):
 
 @dataclass(frozen=True)
 class Tuner:
-    """A search strategy: its options, its sampler/pruner, and optional hooks.
+    """A search strategy: its options, its sampler/pruner, and an optional submit hook.
 
-    ``prepare(spec) -> (runner or None, extra study attrs, points or None)`` replaces the
-    default submit-time check (and may fix the points to enqueue); ``runner`` replaces
-    ``runner.TrialRunner`` in workers.
+    ``prepare``: ``"module:function"`` of a ``prepare(spec) -> (runner or None, extra study
+    attrs, points or None)`` that replaces the default submit-time check (and may fix the
+    points to enqueue), imported only when a study of this tuner is submitted (it may import
+    Keras; this package does not).
     """
 
     options: type[_Options]
     build: Callable[[StudySpec, int], tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]]
     summary: str
-    prepare: Callable[[StudySpec], tuple[Any, dict[str, Any], list[dict[str, Any]] | None]] | None = None
-    runner: Any = None
+    prepare: str | None = None
 
 
 def _random(spec: StudySpec, worker: int) -> tuple[Any, Any]:

@@ -1,6 +1,6 @@
-"""The Keras side of a trial: the only module that imports Keras (and so TensorFlow).
+"""The Keras runner: keras-tuner style ``build_model(hp)`` / ``HyperModel`` trials.
 
-``TrialRunner`` is created once per worker process (imports, user code and data are paid
+``KerasRunner`` is created once per worker process (imports, user code and data are paid
 once) and runs many trials: build the model from ``hp``, fit it with the spec's fit arguments
 (through the user's ``HyperModel.fit`` when there is one), report the objective to Optuna
 after every epoch (learning curves, Hyperband pruning), and return the outcome. The trial's
@@ -12,19 +12,15 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-# Before TensorFlow is imported: quiet C++ logs, and no oneDNN reordering, so results are
-# reproducible op for op (set TF_ENABLE_ONEDNN_OPTS=1 to trade that for CPU speed).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-# JAX takes 75% of a GPU at start-up by default; grow instead (submit's check, plain workers, retrain).
-os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+from tuner_service import attrs as A
+from tuner_service.errors import BadInput, TrialError, TunerServiceError, error_line
+from tuner_service.runners import Outcome, TrialInterrupted
+from tuner_service.runners._env import configure_gpu, device_name
+from tuner_service.runners._user_code import as_hypermodel, import_user_object
 
-from tuner_service.errors import BadInput, TrialError, TunerServiceError  # noqa: E402
-
-#: Full garbage collections between trials: one every GC_EVERY trials (see TrialRunner._clear_session).
+#: Full garbage collections between trials: one every GC_EVERY trials (see KerasRunner._clear_session).
 GC_EVERY = int(os.environ.get("TUNER_SERVICE_GC_EVERY", "10"))
 
 if TYPE_CHECKING:
@@ -32,126 +28,6 @@ if TYPE_CHECKING:
 
     from tuner_service.data import Dataset
     from tuner_service.spec import StudySpec
-
-
-def configure_threads(threads: int | None) -> None:
-    """Limit TensorFlow's thread pools so N workers on N cores do not oversubscribe."""
-    if threads:
-        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
-        os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(max(1, threads)))
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-
-
-def configure_gpu() -> None:
-    """Memory growth on every visible GPU, and a cap when the agent shares a GPU between
-    runners (``TUNER_SERVICE_GPU_MEMORY_MB``). TensorFlow: a logical device of that size (else
-    memory growth); torch: ``set_per_process_memory_fraction`` of that size (its caching
-    allocator grows on demand anyway). JAX gets both from the environment the agent sets
-    before the runner starts (``XLA_PYTHON_CLIENT_PREALLOCATE=false``,
-    ``XLA_PYTHON_CLIENT_MEM_FRACTION``): they must be set before its GPU client exists."""
-    import keras
-
-    cap = os.environ.get("TUNER_SERVICE_GPU_MEMORY_MB")
-    if keras.backend.backend() == "torch":
-        import torch
-
-        if cap and torch.cuda.is_available():
-            for i in range(torch.cuda.device_count()):
-                total = torch.cuda.get_device_properties(i).total_memory
-                torch.cuda.set_per_process_memory_fraction(min(1.0, int(cap) * 2**20 / total), i)
-        return
-    if keras.backend.backend() != "tensorflow":
-        return
-    import tensorflow as tf
-
-    for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            if cap:
-                tf.config.set_logical_device_configuration(gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=int(cap))])
-            else:
-                tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:  # already initialised in this process: settings are fixed
-            pass
-
-
-def import_user_object(ref: str) -> Any:
-    """Import ``path/to/file.py:name`` or ``package.module:name``."""
-    import importlib
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    from tuner_service.spec import split_model_ref
-
-    target, attr = split_model_ref(ref)
-    if target.endswith(".py"):
-        path = Path(target).resolve()
-        mod_name = f"_tuner_user_{path.stem}_{abs(hash(str(path))) % 10**8}"
-        module = sys.modules.get(mod_name)
-        if module is None:
-            spec = importlib.util.spec_from_file_location(mod_name, path)
-            if spec is None or spec.loader is None:
-                raise BadInput(f"cannot import model file {target!r}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[mod_name] = module
-            # The user's file may import siblings (from my_layers import ...).
-            sys.path.insert(0, str(path.parent))
-            try:
-                spec.loader.exec_module(module)
-            except Exception as exc:
-                del sys.modules[mod_name]
-                raise BadInput(f"importing {target!r} failed: {type(exc).__name__}: {exc}") from exc
-    else:
-        module = importlib.import_module(target)
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise BadInput(f"model reference {ref!r} not found: {target} has no {attr!r}") from None
-
-
-class _FunctionHyperModel:
-    """Adapts ``build_model(hp)`` to the HyperModel interface."""
-
-    def __init__(self, fn: Any) -> None:
-        self.fn = fn
-
-    def build(self, hp: Any) -> Any:
-        return self.fn(hp)
-
-    def fit(self, hp: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
-        return model.fit(*args, **kwargs)
-
-
-def as_hypermodel(obj: Any) -> Any:
-    """A function, a HyperModel subclass or a HyperModel instance -> an object with build/fit."""
-    import inspect
-
-    if inspect.isclass(obj):
-        try:
-            obj = obj()
-        except TypeError as exc:
-            raise BadInput(f"cannot instantiate {obj.__name__}() without arguments ({exc}); "
-                           "reference an instance or a factory function instead") from None
-    if hasattr(obj, "build") and callable(obj.build):
-        if not hasattr(obj, "fit"):
-            obj.fit = lambda hp, model, *a, **kw: model.fit(*a, **kw)
-        return obj
-    if callable(obj):
-        return _FunctionHyperModel(obj)
-    raise BadInput(f"model reference points at a {type(obj).__name__}; it must be build_model(hp) or a HyperModel")
-
-
-@dataclass
-class Outcome:
-    """What a finished trial reports: value (None when pruned) and attrs to store."""
-
-    value: float | None
-    pruned: bool
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-
-class TrialInterrupted(BaseException):
-    """Raised into a running fit when the worker is asked to stop (SIGTERM/SIGINT)."""
 
 
 def _make_reporter(keras: Any) -> Any:
@@ -201,7 +77,7 @@ def _make_reporter(keras: Any) -> Any:
     return EpochReporter
 
 
-class TrialRunner:
+class KerasRunner:
     """Runs trials of one study in this process; everything expensive is loaded once."""
 
     def __init__(self, spec: StudySpec, data: Dataset | None = None) -> None:
@@ -220,7 +96,7 @@ class TrialRunner:
 
         self._clear_takes_free_memory = "free_memory" in inspect.signature(keras.backend.clear_session).parameters
         self.backend = keras.backend.backend()
-        self.device = _device(keras)
+        self.device = device_name(keras)
         self._gradient_registry = _tf_gradient_registry() if self.backend == "tensorflow" else None
         import gc
 
@@ -238,7 +114,7 @@ class TrialRunner:
             raise
         except Exception as exc:
             _reraise_storage_error(exc)
-            raise TrialError(f"build_model raised {type(exc).__name__}: {_one_line(exc)}") from exc
+            raise TrialError(f"build_model raised {error_line(exc)}") from exc
         if not isinstance(model, self.keras.Model):
             raise TrialError(
                 f"build_model returned {type(model).__name__}, not a keras.Model; return the compiled model"
@@ -273,7 +149,7 @@ class TrialRunner:
             raise  # ours (incl. a storage outage while reporting) keep their meaning
         except Exception as exc:
             _reraise_storage_error(exc)
-            raise TrialError(f"fit raised {type(exc).__name__}: {_one_line(exc)}") from exc
+            raise TrialError(f"fit raised {error_line(exc)}") from exc
 
     # ----------------------------------------------------------------- one trial
 
@@ -297,17 +173,16 @@ class TrialRunner:
             fit_seconds = time.perf_counter() - t0
             value, best_epoch = self._objective(reporter, result)
             attrs = {
-                "param_count": int(model.count_params()),
-                "model_summary": model_summary(model),
-                "fit_seconds": round(fit_seconds, 3),
-                "trial_seconds": round(time.perf_counter() - started, 3),
-                "best_epoch": best_epoch,
-                "epochs_run": reporter.epochs_run,
-                "history": reporter.history,
+                A.PARAM_COUNT: int(model.count_params()),
+                A.FIT_SECONDS: round(fit_seconds, 3),
+                A.TRIAL_SECONDS: round(time.perf_counter() - started, 3),
+                A.BEST_EPOCH: best_epoch,
+                A.EPOCHS_RUN: reporter.epochs_run,
             }
             if reporter.first_epoch:
-                attrs["resumed_from_epoch"] = reporter.first_epoch
-            return Outcome(None if reporter.pruned else value, reporter.pruned, attrs)
+                attrs[A.RESUMED_FROM_EPOCH] = reporter.first_epoch
+            details = {A.HISTORY: reporter.history, A.MODEL_SUMMARY: model_summary(model)}
+            return Outcome(None if reporter.pruned else [value], reporter.pruned, attrs, details)
         finally:
             if gradients_before is not None:
                 _forget_custom_gradients(self._gradient_registry, gradients_before)
@@ -415,23 +290,6 @@ def model_summary(model: Any) -> str:
     return "\n".join(lines)[:20000]
 
 
-def _device(keras: Any) -> str:
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_logical_devices("GPU")
-        return gpus[0].name if gpus else "CPU"
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return str(jax.devices()[0])
-    if keras.backend.backend() == "torch":
-        import torch
-
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    return "unknown"
-
-
 def _n(x: Any) -> int:
     from tuner_service.data import _len
 
@@ -467,23 +325,16 @@ def _forget_custom_gradients(registry: dict[str, Any], before: set[str]) -> None
 
 
 def _reraise_storage_error(exc: BaseException) -> None:
-    """A database error that reached the user's code (a custom ``fit`` calling
+    """A transient database error that reached the user's code (a custom ``fit`` calling
     ``trial.report``, a storage restart outlasting the retries) is not the model's fault: the
-    worker stops with :class:`StorageOutage` and the trial is retried, instead of failing it as
-    the user's error."""
-    from optuna.exceptions import StorageInternalError
-    from sqlalchemy.exc import DBAPIError
+    process stops with :class:`StorageOutage` and the trial is retried, instead of failing it
+    as the user's error."""
+    from tuner_service.storage import is_transient, mask_password
 
-    if isinstance(exc, (StorageInternalError, DBAPIError)):
+    if is_transient(exc):
         from tuner_service.errors import StorageOutage
-        from tuner_service.storage import mask_password
 
-        raise StorageOutage(f"storage error inside a trial: {mask_password(_one_line(exc))}") from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else ""
+        raise StorageOutage(f"storage error inside a trial: {mask_password(error_line(exc))}") from exc
 
 
 def _jsonable(v: Any) -> Any:

@@ -11,13 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-# isort: off
-# Order matters: tuner_service.runner sets TensorFlow's environment before SciKeras imports it.
-import tuner_service.runner  # noqa: F401
 from scikeras.wrappers import KerasClassifier as _KerasClassifier
 from scikeras.wrappers import KerasRegressor as _KerasRegressor
-
-# isort: on
 
 
 class KerasClassifier(_KerasClassifier):

@@ -97,7 +97,7 @@ def test_decorated_trial_note_has_everything_a_keras_user_looks_for(study: optun
     assert note.startswith(f"## Trial {trial.number}: complete\n")
     assert "**val_accuracy = 0.948** at epoch 5 of 5." in note
     for row in ("| units | 128 |", "| learning_rate | 0.003 |", "| activation | relu |", "| best epoch | 5 |",
-                "| val_accuracy at best epoch | 0.948 |", "| parameters | 9,600 |", "| fit time | 1.25 s |",
+                "| val_accuracy at best epoch | 0.948 |", "| parameter count | 9,600 |", "| fit time | 1.25 s |",
                 "| device | /device:GPU:0 |", "| Keras backend | tensorflow |", "| slot | 1 |"):
         assert row in note, row
     # The per-epoch table: every logged metric, training beside validation, the best epoch marked.
@@ -185,7 +185,7 @@ def test_stored_trial_note_from_user_attrs(study: optuna.Study) -> None:
     notes.write_trial_note(study, trial._trial_id)
     note = trial_note(study, trial._trial_id)
     assert f"## Trial {BEST_NUMBER}: complete" in note
-    assert f"| parameters | {128 * 75:,} |" in note and "| best epoch | 5 |" in note
+    assert f"| parameter count | {128 * 75:,} |" in note and "| best epoch | 5 |" in note
     assert "| **5** (best) |" in note and "Total params: 9,600" in note
 
 

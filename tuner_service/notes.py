@@ -127,7 +127,7 @@ def _data_section(data: dict[str, Any]) -> list[str]:
 
 #: Short trial attrs the note's "run" table shows, in this order, with their labels.
 _RUN_ATTRS = (
-    ("param_count", "parameters"),
+    ("param_count", "parameter count"),
     ("epochs_run", "epochs run"),
     ("fit_seconds", "fit time"),
     ("trial_seconds", "trial time"),

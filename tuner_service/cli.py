@@ -251,14 +251,29 @@ def retrain(
 @_guard
 def dashboard(
     storage: Optional[str] = StorageOpt,
-    host: str = typer.Option("127.0.0.1", "--host", help="Bind address (the dashboard has no authentication)."),
+    host: str = typer.Option("127.0.0.1", "--host",
+                             help="Bind address; other than loopback it needs a login (or --allow-unauthenticated)."),
     port: int = typer.Option(8080, "--port"),
-    artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="Artifact directory (learning-curve images, models)."),
+    artifacts: Optional[Path] = typer.Option(
+        None, "--artifacts",
+        help="Artifact directory (default $TUNER_SERVICE_ARTIFACTS, else DB-FILE-artifacts beside a SQLite file)."),
+    password_file: Optional[Path] = typer.Option(
+        None, "--password-file",
+        help="Require a login: user --user, this file's password (or $TUNER_SERVICE_DASHBOARD_PASSWORD[_FILE])."),
+    user: Optional[str] = typer.Option(None, "--user", help="Login user name (default $TUNER_SERVICE_DASHBOARD_USER or tuner)."),
+    read_only: Optional[bool] = typer.Option(
+        None, "--read-only/--read-write", show_default=False,
+        help="Refuse every write (notes, renames, deletions, trial updates) with 403 ($TUNER_SERVICE_DASHBOARD_READ_ONLY)."),
+    allow_unauthenticated: bool = typer.Option(
+        False, "--allow-unauthenticated",
+        help="Serve beyond loopback without a login (only behind a proxy or firewall that guards the port)."),
 ) -> None:
     """Open optuna-dashboard on the service's storage."""
-    from tuner_service.dashboard import serve
+    from tuner_service.dashboard import ALLOW_UNAUTHENTICATED_ENV, Access, env_flag, serve
 
-    serve(storage, host=host, port=port, artifacts=artifacts, console=console)
+    access = Access.from_env(password_file=password_file, user=user, read_only=read_only)
+    serve(storage, host=host, port=port, artifacts=artifacts, access=access,
+          allow_unauthenticated=allow_unauthenticated or env_flag(ALLOW_UNAUTHENTICATED_ENV), console=console)
 
 
 @app.command()

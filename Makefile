@@ -39,4 +39,4 @@ dashboard: $(STAMP)
 	$(BIN)/tuner-service dashboard
 
 clean:
-	rm -rf $(VENV) tuner.db tuner.db-wal tuner.db-shm *.egg-info
+	rm -rf $(VENV) tuner.db tuner.db-wal tuner.db-shm tuner.db-artifacts *.egg-info

@@ -198,14 +198,15 @@ def child_fake(url: str, trials: int, profile: str | None) -> dict[str, Any]:
 
 #: Steps of the service's per-trial path timed by ``child_breakdown``: (label, module, attribute path).
 BREAKDOWN_STEPS = (
-    ("claim loop: optuna fail_stale_trials", "optuna.storages", "fail_stale_trials"),
-    ("claim loop: claim() (queue query, budget, new trial with its run attrs, first heartbeat, Trial())", "tuner_service.worker", "claim"),
-    ("claim loop: other (abort flag = study.user_attrs every 5 s, timeout)", "tuner_service.worker", "Worker._next_trial"),
-    ("heartbeat: thread start (claim() beat already)", "tuner_service.worker", "Heartbeat.start"),
-    ("user attrs: set_trial_user_attrs (outcome attrs)", "tuner_service.worker", "set_trial_user_attrs"),
+    ("claim loop: stale check + reconcile (every 5 s)", "tuner_service.lifecycle._transitions", "fail_stale"),
+    ("claim: one transaction (slot or WAITING, run attrs, heartbeat row) + Trial()", "tuner_service.lifecycle._driver",
+     "lc.claim"),
+    ("claim loop: other (study attrs every 5 s, idle check)", "tuner_service.lifecycle._driver", "TrialLoop.next_trial"),
+    ("heartbeat: thread start", "tuner_service.lifecycle._liveness", "Heartbeat.start"),
     ("trial.suggest_* (3)", "optuna.trial", "Trial._suggest"),
     ("trial.report (5)", "optuna.trial", "Trial.report"),
-    ("Study.tell", "optuna.study", "Study.tell"),
+    ("dashboard note (decorate_trial)", "tuner_service.notes", "decorate_trial"),
+    ("finish: after_trial + one transaction (attrs, values, state)", "tuner_service.lifecycle._driver", "lc.finish"),
 )
 
 
@@ -365,8 +366,8 @@ def measure_breakdown(trials: int, directory: Path) -> list[dict[str, Any]]:
     out = _child("breakdown", trials, fresh_url("sqlite", directory, None, "breakdown"), timeout=60 + trials)
     n = max(1, out["trials"])
     spent = dict(out["spent"])
-    nested = "claim loop: other (abort flag = study.user_attrs every 5 s, timeout)"
-    if nested in spent:  # _next_trial contains fail_stale_trials and claim: keep only its own remainder
+    nested = "claim loop: other (study attrs every 5 s, idle check)"
+    if nested in spent:  # next_trial contains the stale check and the claim: keep only its own remainder
         spent[nested] -= spent.get(BREAKDOWN_STEPS[0][0], 0.0) + spent.get(BREAKDOWN_STEPS[1][0], 0.0)
     rows = [{"step": label, "ms_per_trial": 1000 * spent[label] / n} for label, _, _ in BREAKDOWN_STEPS if label in spent]
     accounted = sum(r["ms_per_trial"] for r in rows)
@@ -386,18 +387,18 @@ def measure_profile(trials: int, directory: Path) -> list[dict[str, Any]]:
 
 #: Functions worth naming in the profile table: (label, filename fragment, function name).
 PROFILE_FUNCS = (
-    ("Worker.run: everything per trial", "tuner_service/worker.py", "run"),
-    ("Worker._next_trial (stale check, attrs, claim)", "tuner_service/worker.py", "_next_trial"),
-    ("  optuna fail_stale_trials", "optuna/storages/_heartbeat.py", "fail_stale_trials"),
-    ("  Study.user_attrs (abort flag)", "optuna/study/study.py", "user_attrs"),
-    ("  claim()", "tuner_service/worker.py", "claim"),
+    ("TrialLoop.run: everything per trial", "tuner_service/lifecycle/_driver.py", "run"),
+    ("TrialLoop.next_trial (stale check, attrs, claim)", "tuner_service/lifecycle/_driver.py", "next_trial"),
+    ("  fail_stale + reconcile", "tuner_service/lifecycle/_transitions.py", "fail_stale"),
+    ("  Study.user_attrs (study flags)", "optuna/study/study.py", "user_attrs"),
+    ("  claim()", "tuner_service/lifecycle/_transitions.py", "claim"),
     ("  optuna/trial/_trial.py __init__ (Trial objects)", "optuna/trial/_trial.py", "__init__"),
-    ("Worker.run_trial", "tuner_service/worker.py", "run_trial"),
-    ("  Heartbeat.start", "tuner_service/worker.py", "start"),
-    ("  set_trial_user_attrs (outcome attrs)", "tuner_service/storage.py", "set_trial_user_attrs"),
+    ("TrialLoop.run_claimed", "tuner_service/lifecycle/_driver.py", "run_claimed"),
+    ("  Heartbeat.start", "tuner_service/lifecycle/_liveness.py", "start"),
     ("  trial.suggest_* (3 params)", "optuna/trial/_trial.py", "_suggest"),
     ("  trial.report (5 epochs)", "optuna/trial/_trial.py", "report"),
-    ("  Study.tell", "optuna/study/study.py", "tell"),
+    ("  notes.decorate_trial (dashboard note)", "tuner_service/notes.py", "decorate_trial"),
+    ("  finish() (after_trial + the outcome's transaction)", "tuner_service/lifecycle/_transitions.py", "finish"),
     ("SQL: Session.commit", "sqlalchemy/orm/session.py", "commit"),
     ("SQL: cursor.execute (sqlite3)", "~", "<method 'execute' of 'sqlite3.Cursor' objects>"),
 )
@@ -451,7 +452,7 @@ def render(keras_rows: list[dict[str, Any]], growth: dict[str, Any] | None, fake
         parts.append("Where a fake trial's time goes in the service (cProfile, cumulative ms per trial; "
                      "profiling inflates absolute times):\n\n"
                      + table(["function", "calls/trial", "ms/trial"],
-                             [[r["what"], "" if r["what"].startswith("Worker.run:") else fmt(r["calls_per_trial"]),
+                             [[r["what"], "" if r["what"].startswith("TrialLoop.run:") else fmt(r["calls_per_trial"]),
                                r["ms_per_trial"]] for r in prof]))
     return "\n".join(parts)
 

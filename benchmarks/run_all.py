@@ -38,6 +38,8 @@ BENCHMARKS: list[tuple[str, list[str], int]] = [
     ("scaling.py", ["--repeats", "2", "--limit-trials", "12"], 900),
     ("search_quality.py", [], 900),
     ("memory.py", [], 900),
+    ("cli_startup.py", [], 300),
+    ("trial_note.py", [], 600),
 ]
 DROPIN = ("kt_dropin.py", [], 600)
 

@@ -15,7 +15,10 @@ import pytest
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-pytest_plugins = ["pg_server"]  # the throwaway PostgreSQL server: fixtures postgres_server, pg_url
+# pg_server: the throwaway PostgreSQL server (fixtures postgres_server, pg_url);
+# skip_summary: the loud end-of-run list of skipped test groups and how to enable them;
+# submitted: a study made by a real `tuner-service submit`, once per session (fixture submitted).
+pytest_plugins = ["pg_server", "skip_summary", "submitted"]
 
 MODELS = Path(__file__).parent / "models"
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}

@@ -45,3 +45,18 @@ def test_ctrl_c_exits_130_without_a_traceback(monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         cli_mod.main()
     assert exit_info.value.code == 130
+
+
+def test_a_bug_prints_its_traceback_with_passwords_masked(monkeypatch, capsys):
+    from tuner_service import cli as cli_mod
+
+    def broken(**_kwargs):
+        raise RuntimeError("lost postgresql+psycopg://bob:s3cr3t@db/tuner")
+
+    monkeypatch.setattr(cli_mod, "app", broken)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_mod.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert "Traceback (most recent call last)" in err and "RuntimeError: lost postgresql+psycopg://bob:***@db" in err
+    assert "s3cr3t" not in err

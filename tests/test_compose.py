@@ -73,6 +73,8 @@ def test_dashboard(compose: dict[str, Any]) -> None:
     dashboard = compose["services"]["dashboard"]
     assert dashboard["command"] == "gunicorn -c dashboards/gunicorn.conf.py dashboards.wsgi:application"
     assert dashboard["ports"] == ["127.0.0.1:8080:8080"]
+    # gunicorn listens on 0.0.0.0 inside the container: the login is required, from .env.
+    assert _env(dashboard)["TUNER_SERVICE_DASHBOARD_PASSWORD"] == "${DASHBOARD_PASSWORD:?set it in .env}"
 
 
 def test_agent_reserves_all_nvidia_gpus(compose: dict[str, Any]) -> None:
@@ -97,7 +99,7 @@ def test_no_literal_password(compose: dict[str, Any]) -> None:
         for m in _URL_PASSWORD.finditer(text):
             assert _REFERENCE.match(m["pw"]), f"{where}: the URL's password must be a ${{...}} reference"
             checked += 1
-    assert checked >= 3  # POSTGRES_PASSWORD, and the dashboard's and agent's storage URLs
+    assert checked >= 4  # POSTGRES_PASSWORD, the dashboard's login, the dashboard's and agent's storage URLs
     assert "change-me" not in COMPOSE.read_text()
 
 
@@ -116,6 +118,7 @@ def test_ports_bound_to_localhost(compose: dict[str, Any]) -> None:
 def test_env_example_and_dockerignore() -> None:
     example = (ROOT / ".env.example").read_text()
     assert re.search(r"^POSTGRES_PASSWORD=change-me$", example, re.MULTILINE)
+    assert re.search(r"^DASHBOARD_PASSWORD=change-me$", example, re.MULTILINE)
     assert re.search(r"^#", example, re.MULTILINE), "explain what to do with it"
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".venv", ".git", "*.db", ".env"):
@@ -151,9 +154,10 @@ def test_docker_compose_config(tmp_path: Path) -> None:
     """``docker compose config`` validates the file against Compose's schema; no daemon needed."""
     cmd = _compose_cli()
     if cmd is None:
-        pytest.skip("neither `docker compose` nor `docker-compose` is installed; the YAML checks above still ran")
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed (the YAML checks above still ran); "
+                    "install Docker's compose plugin to validate the file against Compose's schema")
     shutil.copy(COMPOSE, tmp_path / "docker-compose.yml")
-    (tmp_path / ".env").write_text("POSTGRES_PASSWORD=x\n")
+    (tmp_path / ".env").write_text("POSTGRES_PASSWORD=x\nDASHBOARD_PASSWORD=y\n")
     (tmp_path / "studies").mkdir()
     proc = subprocess.run([*cmd, "config", "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -27,11 +27,11 @@ def restore_tf_determinism():
 def test_grid_equals_gridsearchcv_and_is_shared_by_three_workers(workdir, restore_tf_determinism):
     from sklearn.base import is_classifier
     from sklearn.model_selection import GridSearchCV, ParameterGrid
-    from tuner_service.runners._scikeras import KerasClassifier
 
     from tuner_service import data as data_mod
-    from tuner_service.spec import StudySpec
+    from tuner_service.runners._scikeras import KerasClassifier
     from tuner_service.runners.grid import _cv_data
+    from tuner_service.spec import StudySpec
 
     study_file = write_study(workdir, "g", model=f"{PLAIN}:build_model",
                              tuner={"name": "grid", "param_grid": GRID, "cv": 3}, budget={"max_trials": None, "max_epochs": 3},

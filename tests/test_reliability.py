@@ -40,7 +40,8 @@ def _trivial_workers(url: str, study: str, n: int, cwd: Path) -> list[dict]:
 
 def _integrity(url: str, study_name: str, n_workers: int, cwd: Path, budget: int = 1800, points: int = 200) -> None:
     from tuner_service import study as study_mod
-    from tuner_service.storage import add_budget, open_storage
+    from tuner_service.storage import open_storage
+    from tuner_service.study import add_budget
 
     storage = open_storage(url)
     study = optuna.create_study(study_name=study_name, storage=storage)
@@ -75,7 +76,8 @@ def _read_lines(proc: subprocess.Popen, lines: list[str]) -> None:
 
 def test_crash_durability_kill_9_during_writes(tmp_path):
     """kill -9 the writer mid-write, 50 rounds: integrity_check ok, every reported result present."""
-    from tuner_service.storage import add_budget, open_storage
+    from tuner_service.storage import open_storage
+    from tuner_service.study import add_budget
 
     db = tmp_path / "d.db"
     url = f"sqlite:///{db}"

@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import ENV
-from dashboard_support import BEST_NUMBER, CHROMIUM, CHROMIUM_ARGS, NO_CHROMIUM, POINTS, make_study
+from dashboard_support import BEST_NUMBER, CHROMIUM, CHROMIUM_ARGS, DISTRIBUTIONS, NO_CHROMIUM, POINTS, make_study
 
 from tuner_service.errors import BadInput
 from tuner_service.report import write_report
@@ -47,6 +47,31 @@ def test_report_has_every_plot_best_trials_and_no_cdn(db: str, tmp_path: Path) -
     assert {str(v) for v in best.values()} <= set(cells[4:])
     assert "<th>val_accuracy</th>" in table and "<th>learning_rate</th>" in table
     assert "sklearn:digits (classification); train 1077, validation 360, test 360" in html
+
+
+def test_intermediate_values_have_a_legend(db: str, tmp_path: Path) -> None:
+    html = write_report("digits-demo", db, tmp_path / "r.html").read_text(encoding="utf-8")
+    plot = html.split("<h2>Intermediate values (objective per epoch)</h2>", 1)[1].split("</section>", 1)[0]
+    assert '"showlegend":true' in plot.replace(" ", "")
+    assert re.findall(r'"name":"(trial \d+ \(\w+\))"', plot) == [f"trial {n} (complete)" for n in range(len(POINTS))]
+
+
+def test_report_cli_prints_no_optuna_warnings_and_keeps_them_in_the_report(tmp_path: Path) -> None:
+    """A parameter set in one trial only makes Optuna's importance code warn; the warning belongs
+    beside the importance plot, not on the terminal."""
+    from optuna.distributions import CategoricalDistribution
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    study = make_study(optuna.storages.RDBStorage(url), "conditional")
+    study.add_trial(optuna.trial.create_trial(
+        params={**POINTS[0], "dropout": "yes"}, value=0.7,
+        distributions={**DISTRIBUTIONS, "dropout": CategoricalDistribution(["yes", "no"])}))
+    out = subprocess.run([sys.executable, "-m", "tuner_service", "report", "conditional", "--storage", url,
+                          "-o", str(tmp_path / "w.html")], capture_output=True, text=True, env=ENV, timeout=120)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    html = (tmp_path / "w.html").read_text(encoding="utf-8")
+    importances = html.split("<h2>Parameter importances</h2>", 1)[1].split("</section>", 1)[0]
+    assert "Optuna: Some regimes for parameter `dropout` have less than 2 trials." in importances
 
 
 def test_report_skips_what_cannot_be_drawn(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ def test_a_trial_that_keeps_dying_is_retried_three_times_then_stays_failed(tmp_p
     assert trials[-1].user_attrs["fail_reason"] == "runner process died; gave up after 3 retries"
     assert all(t.user_attrs["fail_reason"] == "runner process died" for t in trials[:-1])
     assert trials[-1].system_attrs["retry_history"] == [0, 1, 2]
-    counts = Counts.of(trials)
+    counts = Counts.of_trials(trials)
     assert (counts.failed, counts.retried, counts.budget_used) == (1, 3, 1)  # one slot, spent once
     assert counts.failures == [(3, "runner process died; gave up after 3 retries")]
 

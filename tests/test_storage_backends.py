@@ -215,7 +215,7 @@ def test_budget_is_exact_under_concurrent_claims(storage_url: str) -> None:
     assert states == {TrialState.COMPLETE: 60}
     assert {t.number for t in trials} == set(numbers)
     assert all(t.value == t.params["p"] for t in trials)
-    counts = study_mod.Counts.of(trials)
+    counts = study_mod.Counts.of_trials(trials)
     assert (counts.complete, counts.waiting, counts.running, counts.budget_used) == (60, 0, 0, 60)
 
 
@@ -245,7 +245,7 @@ def test_stale_trial_is_failed_and_requeued(storage_url: str, monkeypatch: pytes
     monkeypatch.setattr(_transitions, "LIVENESS_MARGIN", 0)
     study = _new_study(storage_url)
     study_mod.enqueue_slots(study, 1)
-    budget = study_mod.Counts.of(study.get_trials()).budget_used
+    budget = study_mod.Counts.of_trials(study.get_trials()).budget_used
     assert budget == 1
 
     claimed = claim(study)
@@ -275,7 +275,7 @@ def test_stale_trial_is_failed_and_requeued(storage_url: str, monkeypatch: pytes
     assert retry.system_attrs["failed_trial"] == claimed.number
     assert retry.system_attrs["retry_history"] == [claimed.number]
     assert retry.system_attrs["crashes"] == 1 and retry.system_attrs["hand_backs"] == 0
-    counts = study_mod.Counts.of(trials)
+    counts = study_mod.Counts.of_trials(trials)
     assert (counts.retried, counts.failed, counts.waiting, counts.running) == (1, 0, 1, 0)
     assert counts.budget_used == budget
 
@@ -284,7 +284,7 @@ def test_stale_trial_is_failed_and_requeued(storage_url: str, monkeypatch: pytes
     assert again is not None and again.number == retry.number
     assert again.trial.suggest_int("p", 0, 1000) == p
     assert finish(study, again, "COMPLETE", [float(p)]) == "COMPLETE"
-    counts = study_mod.Counts.of(study.get_trials(deepcopy=False))
+    counts = study_mod.Counts.of_trials(study.get_trials(deepcopy=False))
     assert (counts.complete, counts.retried, counts.waiting, counts.budget_used) == (1, 1, 0, budget)
     assert claim(study) is None
 
@@ -319,7 +319,7 @@ def test_same_storage_survives_postgres_restart(postgres_server: PostgresServer,
     finish(study, trial, "COMPLETE", [2.0])
     assert storage.engine is engine
     reloaded = optuna.load_study(study_name="s", storage=open_storage(pg_url))
-    counts = study_mod.Counts.of(reloaded.get_trials())
+    counts = study_mod.Counts.of_trials(reloaded.get_trials())
     assert (counts.complete, counts.waiting, counts.running, counts.budget_used) == (2, 2, 0, 4)
 
 

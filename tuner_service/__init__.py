@@ -19,10 +19,14 @@ __all__ = ["__version__", "best", "load_spec", "retrain", "status", "submit", "t
 
 def __getattr__(name: str) -> Any:
     # Lazy re-exports keep `import tuner_service` (and the CLI) free of Optuna/Keras imports.
-    if name in ("submit", "best", "trials", "status", "list_studies"):
+    if name in ("best", "trials", "status", "list_studies"):
+        from tuner_service import queries  # the read side: no Optuna import
+
+        return getattr(queries, name)
+    if name == "submit":
         from tuner_service import service
 
-        return getattr(service, name)
+        return service.submit
     if name == "load_spec":
         from tuner_service.spec import load_spec
 

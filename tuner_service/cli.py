@@ -1,8 +1,15 @@
 """``tuner-service``: submit studies, run workers, query results.
 
 Every heavy import (Optuna, Keras/TensorFlow) happens inside the command that needs it, so
-``--help`` answers at once. Every error a user can cause is printed as one line and exits
-with code 2 (3 for an aborted study); passwords in storage URLs are masked everywhere.
+``--help`` answers at once, and the read commands (``ls``, ``status``, ``best``, ``trials``)
+never import Optuna at all (:mod:`tuner_service.queries`). Every error a user can cause is
+printed as one line and exits with code 2 (3 for an aborted study); ``--debug`` (or
+``TUNER_SERVICE_DEBUG=1``) prints its full traceback too, including the error it replaced.
+Passwords in storage URLs are masked everywhere, tracebacks included.
+
+Tables: on a terminal, a rich table when it fits the window, else one block per row; when
+stdout is a pipe or a file, plain columns aligned with spaces, never wrapped or cut, so
+``trials NAME | cat`` (or ``| grep``, ``> file``) keeps every column.
 """
 
 from __future__ import annotations
@@ -28,8 +35,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(highlight=False)
+# Piped or redirected output is not wrapped at 80 columns: the reader is a file or a program.
+console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
 err_console = Console(stderr=True, highlight=False)
+
+DEBUG_ENV = "TUNER_SERVICE_DEBUG"
+_debug = False
 
 StorageOpt = typer.Option(None, "--storage", help="Storage URL (default $TUNER_SERVICE_STORAGE or sqlite:///tuner.db).")
 
@@ -43,11 +54,46 @@ class Format(str, Enum):
 FormatOpt = typer.Option(Format.table, "--format", "-f", help="Output format.")
 
 
+@app.callback()
+def _options(
+    debug: bool = typer.Option(False, "--debug", envvar=DEBUG_ENV, show_envvar=False,
+                               help=f"Print the full traceback of an error, not only its line (also ${DEBUG_ENV}=1)."),
+) -> None:
+    global _debug
+    _debug = debug
+
+
+def _debugging() -> bool:
+    return _debug or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _fail(exc: BaseException) -> None:
     from tuner_service.storage import mask_password
 
+    if _debugging():
+        print_traceback(exc)
     err_console.print(f"[bold red]error:[/] {mask_password(str(exc))}", markup=True, soft_wrap=True)
     raise typer.Exit(getattr(exc, "exit_code", 2))
+
+
+def print_traceback(exc: BaseException) -> None:
+    """The traceback of ``exc`` and of every error it replaced, passwords masked.
+
+    Our one-line errors are often raised ``from None`` to keep the normal output short; here
+    the error they replaced (the model's, the database driver's) is what the user asked for.
+    """
+    import traceback
+
+    from tuner_service.storage import mask_password
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__suppress_context__ = False
+        e = e.__cause__ or e.__context__
+    sys.stderr.write(mask_password("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
+    sys.stderr.flush()
 
 
 def _guard(fn: Any) -> Any:
@@ -122,7 +168,7 @@ def worker(
 # ---------------------------------------------------------------------------- queries
 
 
-def _emit(rows: list[dict[str, Any]], fmt: Format, columns: list[str] | None = None, title: str | None = None) -> None:
+def _emit(rows: list[dict[str, Any]], fmt: Format, columns: list[str] | None = None) -> None:
     if fmt is Format.json:
         sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
         return
@@ -135,14 +181,39 @@ def _emit(rows: list[dict[str, Any]], fmt: Format, columns: list[str] | None = N
             w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
         sys.stdout.write(buf.getvalue())
         return
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    if not console.is_terminal:
+        sys.stdout.write(plain_table(columns, cells))
+        return
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    if sum(widths) + 3 * len(columns) + 1 > console.width:  # rich's box: a border and 2 spaces of padding per column
+        sys.stdout.write(record_blocks(columns, cells))  # too wide for the window: one block per row
+        return
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table()
     for c in columns:
-        table.add_column(c)
-    for r in rows:
-        table.add_row(*[_cell(r.get(c)) for c in columns])
+        table.add_column(c, no_wrap=True)
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
+
+
+def plain_table(columns: list[str], cells: list[list[str]]) -> str:
+    """Columns aligned with spaces, as wide as their widest cell; an empty cell reads ``-``."""
+    rows = [[c or "-" for c in row] for row in cells]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(columns)]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [columns, *rows]]
+    return "\n".join(lines) + "\n"
+
+
+def record_blocks(columns: list[str], cells: list[list[str]]) -> str:
+    width = max((len(c) for c in columns), default=0)
+    out = []
+    for i, row in enumerate(cells, start=1):
+        out.append(f"-[ {i} ]" + "-" * max(0, width - 4))
+        out += [f"{c.ljust(width)}  {v}".rstrip() for c, v in zip(columns, row)]
+    return "\n".join(out) + "\n"
 
 
 def _cell(v: Any) -> str:
@@ -152,16 +223,16 @@ def _cell(v: Any) -> str:
         return f"{v:.6g}"
     if isinstance(v, dict):
         return ", ".join(f"{k}={_cell(x)}" for k, x in v.items())
-    return str(v)
+    return " ".join(str(v).split())  # one line per row, whatever the value holds
 
 
 @app.command("ls")
 @_guard
 def ls(storage: Optional[str] = StorageOpt, format: Format = FormatOpt) -> None:
     """List the studies in the storage."""
-    from tuner_service import service
+    from tuner_service import queries
 
-    _emit(service.list_studies(storage), format,
+    _emit(queries.list_studies(storage), format,
           ["name", "tuner", "direction", "complete", "pruned", "failed", "running", "waiting", "best_value"])
 
 
@@ -169,31 +240,32 @@ def ls(storage: Optional[str] = StorageOpt, format: Format = FormatOpt) -> None:
 @_guard
 def status(study: str, storage: Optional[str] = StorageOpt, format: Format = FormatOpt) -> None:
     """Progress, best trial and retrained model of one study."""
-    from tuner_service import service
+    from tuner_service import queries
 
-    info = service.status(study, storage)
+    info = queries.status(study, storage)
     if format is not Format.table:
         _emit([info], format)
         return
+    width = max(len(k) for k in info)
     for k, v in info.items():
-        console.print(f"[bold]{k}[/]: {_cell(v)}")
+        sys.stdout.write(f"{k + ':':<{width + 1}} {_cell(v)}".rstrip() + "\n")
 
 
 @app.command()
 @_guard
 def best(study: str, storage: Optional[str] = StorageOpt, format: Format = FormatOpt) -> None:
     """The best trial: value, parameters, trial number, best epoch."""
-    from tuner_service import service
+    from tuner_service import queries
 
-    row = service.best(study, storage)
+    row = queries.best(study, storage)
     if format is Format.json:
         sys.stdout.write(json.dumps(row, indent=2, default=str) + "\n")
         return
     if format is Format.csv:
         _emit([{**{k: v for k, v in row.items() if k != "params"}, **row["params"]}], format)
         return
-    console.print(f"[bold]best trial #{row['number']}[/] of {study!r}: {row['objective']} = {row['value']:.6g}"
-                  + (f" (epoch {row['best_epoch']})" if row.get("best_epoch") else ""))
+    sys.stdout.write(f"best trial #{row['number']} of {study!r}: {row['objective']} = {row['value']:.6g}"
+                     + (f" (epoch {row['best_epoch']})" if row.get("best_epoch") else "") + "\n")
     _emit([{"parameter": k, "value": v} for k, v in row["params"].items()], Format.table)
 
 
@@ -206,14 +278,14 @@ def trials(
     format: Format = FormatOpt,
 ) -> None:
     """Every trial of a study (or the --top K best)."""
-    from tuner_service import service
+    from tuner_service import queries
 
     if format is Format.csv and top is None:
-        grid_rows = service.cv_results(study, storage)
+        grid_rows = queries.cv_results(study, storage)
         if grid_rows is not None:  # a grid study exports GridSearchCV's cv_results_ table
             _emit([{k: v for k, v in r.items() if k != "params"} for r in grid_rows], format)
             return
-    rows = service.trials(study, storage, top=top)
+    rows = queries.trials(study, storage, top=top)
     params = sorted({p for r in rows for p in r["params"]})
     flat = [{**{k: v for k, v in r.items() if k != "params"}, **{f"param_{p}": r["params"].get(p) for p in params}}
             for r in rows]
@@ -223,6 +295,8 @@ def trials(
         cols = ["number", "state", "value", "best_epoch", "duration_s"] + [f"param_{p}" for p in params]
         if format is Format.csv:
             cols += ["epochs_run", "param_count", "host", "pid", "fail_reason"]
+        elif any(r["fail_reason"] for r in rows):
+            cols.append("fail_reason")
         _emit(flat, format, cols)
 
 
@@ -251,14 +325,29 @@ def retrain(
 @_guard
 def dashboard(
     storage: Optional[str] = StorageOpt,
-    host: str = typer.Option("127.0.0.1", "--host", help="Bind address (the dashboard has no authentication)."),
+    host: str = typer.Option("127.0.0.1", "--host",
+                             help="Bind address; other than loopback it needs a login (or --allow-unauthenticated)."),
     port: int = typer.Option(8080, "--port"),
-    artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="Artifact directory (learning-curve images, models)."),
+    artifacts: Optional[Path] = typer.Option(
+        None, "--artifacts",
+        help="Artifact directory (default $TUNER_SERVICE_ARTIFACTS, else DB-FILE-artifacts beside a SQLite file)."),
+    password_file: Optional[Path] = typer.Option(
+        None, "--password-file",
+        help="Require a login: user --user, this file's password (or $TUNER_SERVICE_DASHBOARD_PASSWORD[_FILE])."),
+    user: Optional[str] = typer.Option(None, "--user", help="Login user name (default $TUNER_SERVICE_DASHBOARD_USER or tuner)."),
+    read_only: Optional[bool] = typer.Option(
+        None, "--read-only/--read-write", show_default=False,
+        help="Refuse every write (notes, renames, deletions, trial updates) with 403 ($TUNER_SERVICE_DASHBOARD_READ_ONLY)."),
+    allow_unauthenticated: bool = typer.Option(
+        False, "--allow-unauthenticated",
+        help="Serve beyond loopback without a login (only behind a proxy or firewall that guards the port)."),
 ) -> None:
     """Open optuna-dashboard on the service's storage."""
-    from tuner_service.dashboard import serve
+    from tuner_service.dashboard import ALLOW_UNAUTHENTICATED_ENV, Access, env_flag, serve
 
-    serve(storage, host=host, port=port, artifacts=artifacts, console=console)
+    access = Access.from_env(password_file=password_file, user=user, read_only=read_only)
+    serve(storage, host=host, port=port, artifacts=artifacts, access=access,
+          allow_unauthenticated=allow_unauthenticated or env_flag(ALLOW_UNAUTHENTICATED_ENV), console=console)
 
 
 @app.command()
@@ -311,8 +400,11 @@ def main() -> None:
         where = exc.ctx.command_path if exc.ctx is not None else "tuner-service"
         err_console.print(f"[bold red]error:[/] {exc.format_message()} (see `{where} --help`)", soft_wrap=True)
         code = exc.exit_code
-    except typer.Abort:  # Ctrl-C at a prompt (typer's vendored click has no exceptions.Abort)
+    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C (typer's vendored click has no exceptions.Abort)
         code = 130
+    except Exception as exc:  # a bug: its traceback, with any password in it masked
+        print_traceback(exc)
+        code = 1
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -607,7 +607,7 @@ class _ServiceTuner:
     @property
     def remaining_trials(self) -> int | None:
         """Trials not started yet (keras-tuner: ``max_trials - len(trials)``)."""
-        counts = study_mod.Counts.of(self._get_study().get_trials(deepcopy=False))
+        counts = study_mod.Counts.for_study(self._get_study())
         return max(0, self._budget() - counts.finished - counts.running)
 
     def save(self) -> None:
@@ -1108,7 +1108,7 @@ class _ServiceTuner:
         except ImportError:  # pragma: no cover - a dependency of joblib, hence of scikit-learn
             raise Unsupported("search(..., workers>1) needs cloudpickle (pip install cloudpickle); "
                               "or use workers=1") from None
-        counts = study_mod.Counts.of(self._get_study().get_trials(deepcopy=False))
+        counts = study_mod.Counts.for_study(self._get_study())
         todo = self._budget() - counts.finished - counts.running
         if todo <= 0 and counts.running == 0:
             return  # a finished project: no process to start

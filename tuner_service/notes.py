@@ -6,9 +6,14 @@ best configuration so far and the retrained model's test score (study note); the
 summary, parameter count and best epoch (trial note); loss and objective per epoch, training
 and validation, as an SVG image (trial artifact).
 
-Everything here is decoration. The public ``write_*``/``upload_*`` functions are called from
-the worker around each trial and must never fail a trial, so they catch every error, log it
-and return. Nothing here imports Keras; the chart is a hand-written SVG so that no plotting
+The trial lifecycle calls :func:`decorate_trial` once per finished trial, while the trial is
+still RUNNING: the note (outcome, parameters, best epoch, a per-epoch table of every logged
+metric, model summary, parameter count, fit time, device, failure reason) and the
+learning-curve image. Long texts (history, summary, traceback) live in the note and the
+image, not in one-line user attrs, so the dashboard's trial page fits the window.
+
+Everything here is decoration. The public ``write_*``/``upload_*``/``decorate_*`` functions run
+around trials and must never fail one, so they catch every error, log it and return. Nothing here imports Keras; the chart is a hand-written SVG so that no plotting
 library (or headless browser, as plotly's image export needs) is required.
 """
 
@@ -31,18 +36,6 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 _log = logging.getLogger(__name__)
-
-#: Trial user attrs the trial note shows, in this order, with their labels.
-_RUN_ATTRS = (
-    ("param_count", "parameters"),
-    ("best_epoch", "best epoch"),
-    ("epochs_run", "epochs run"),
-    ("fit_seconds", "fit seconds"),
-    ("device", "device"),
-    ("keras_backend", "Keras backend"),
-    ("host", "host"),
-    ("pid", "pid"),
-)
 
 
 # ---------------------------------------------------------------------------- study note
@@ -132,18 +125,267 @@ def _data_section(data: dict[str, Any]) -> list[str]:
 
 # ---------------------------------------------------------------------------- trial note
 
+#: Short trial attrs the note's "run" table shows, in this order, with their labels.
+_RUN_ATTRS = (
+    ("param_count", "parameter count"),
+    ("epochs_run", "epochs run"),
+    ("fit_seconds", "fit time"),
+    ("trial_seconds", "trial time"),
+    ("device", "device"),
+    ("keras_backend", "Keras backend"),
+    ("host", "host"),
+    ("pid", "pid"),
+    ("slot", "slot"),
+    ("resumed_from_epoch", "resumed from epoch"),
+)
+#: The per-epoch table shows every epoch up to this many; beyond, an even subsample that
+#: always keeps the first, the best and the last epoch (the dashboard sends every trial's
+#: note on every poll, so a note stays small).
+MAX_EPOCH_ROWS = 25
+#: Lines of the model summary and of a failure's traceback kept in the note.
+MAX_SUMMARY_LINES = 80
+MAX_TRACEBACK_LINES = 30
+
+
+def decorate_trial(
+    study: optuna.Study,
+    trial_id: int,
+    *,
+    number: int,
+    state: str,
+    values: list[float] | None,
+    params: dict[str, Any],
+    attrs: dict[str, Any],
+    details: dict[str, Any],
+    objective: str | None,
+    artifact_store: ArtifactStore | None,
+) -> None:
+    """Write the trial's dashboard note (and its learning-curve artifact); never raises.
+
+    Called by the trial lifecycle for every trial that finishes (``state``: COMPLETE, PRUNED
+    or FAIL) while the trial is still RUNNING, right before its outcome is committed: Optuna
+    refuses writes to finished trials, and the artifact is recorded on the trial.
+
+    ``attrs``: the short user attrs the trial keeps (``param_count``, ``best_epoch``,
+    ``fit_seconds``, ``device``, ``fail_reason``...). ``details``: the long texts that are not
+    user attrs: ``history`` (metric -> per-epoch values), ``model_summary``, ``traceback``.
+
+    Cost: one transaction (the note's rows and the artifact's record) plus one small file; it
+    does not read the study's other notes, so it stays the same at trial 10 and at trial
+    10,000 (``benchmarks/trial_note.py``). optuna-dashboard's ``save_note`` reads every study
+    system attr (every trial's note) to pick the next version, which grows with the study.
+    """
+    try:
+        history = details.get("history") or {}
+        body = trial_note_body(number=number, state=state, values=values, params=params, attrs=attrs,
+                               details=details, objective=objective)
+        artifact = None
+        if artifact_store is not None and history:
+            try:
+                svg = learning_curve_svg(history, objective=objective, best_epoch=_best_epoch(attrs))
+                artifact = _store_artifact(artifact_store, svg.encode("utf-8"), f"learning-curves-trial-{number}.svg",
+                                           "image/svg+xml")
+            except Exception as exc:  # the note is worth writing without its image
+                _log.warning("could not store the learning curves of trial %s of %r: %s", number,
+                             getattr(study, "study_name", "?"), exc)
+        _write_fresh_note(study, trial_id, body, artifact)
+    except Exception as exc:  # a note is not worth failing a trial for
+        _log.warning("could not write the dashboard note of trial %s of %r: %s", number,
+                     getattr(study, "study_name", "?"), exc)
+
+
+def trial_note_body(
+    *,
+    number: int,
+    state: str,
+    values: list[float] | None,
+    params: dict[str, Any],
+    attrs: dict[str, Any],
+    details: dict[str, Any],
+    objective: str | None,
+) -> str:
+    """The trial note (Markdown): outcome, parameters, run facts, per-epoch table, model
+    summary and, for a failed trial, its reason and the end of its traceback."""
+    history: dict[str, list[float]] = details.get("history") or {}
+    name = objective or "value"
+    best_epoch = _best_epoch(attrs)
+    lines = [f"## Trial {number}: {state.lower()}", ""]
+    if values:
+        lines.append(f"**{name} = {_fmt(values[0])}**" + (f" at epoch {best_epoch}" if best_epoch else "")
+                     + (f" of {attrs['epochs_run']}" if attrs.get("epochs_run") else "") + ".")
+    elif state == "PRUNED":
+        at = attrs.get("epochs_run") or _epochs(history)
+        best = _value_at(history, objective, best_epoch)
+        lines.append("Pruned" + (f" after epoch {at}" if at else "")
+                     + (f"; best {name} {_fmt(best)} at epoch {best_epoch}" if best is not None else "") + ".")
+    if state == "FAIL":
+        reason = attrs.get("fail_reason") or "no reason recorded"
+        lines.append(f"**Failed:** {_one_line(str(reason))}")
+    if params:
+        lines += ["", "### Parameters", ""] + _table(("parameter", "value"), sorted(params.items()))
+    facts: list[tuple[str, Any]] = []
+    if best_epoch:
+        facts.append(("best epoch", best_epoch))
+        at_best = _value_at(history, objective, best_epoch)
+        if at_best is not None:
+            facts.append((f"{name} at best epoch", at_best))
+    facts += [(label, _fact(key, attrs[key])) for key, label in _RUN_ATTRS if attrs.get(key) not in (None, "")]
+    if facts:
+        lines += ["", "### Run", ""] + _table(("fact", "value"), facts)
+    if history:
+        lines += ["", "### Per epoch", ""] + _epoch_table(history, best_epoch)
+    summary = str(details.get("model_summary") or "").strip("\n")
+    if summary:
+        lines += ["", "### Model summary", ""] + _fenced(summary, MAX_SUMMARY_LINES, keep="head")
+    trace = str(details.get("traceback") or "").strip("\n")
+    if state == "FAIL" and trace:
+        lines += ["", "### Traceback (last lines)", ""] + _fenced(trace, MAX_TRACEBACK_LINES, keep="tail")
+    return "\n".join(lines) + "\n"
+
+
+def _best_epoch(attrs: dict[str, Any]) -> int | None:
+    epoch = attrs.get("best_epoch")
+    if isinstance(epoch, int) and epoch > 0:
+        return epoch
+    return None
+
+
+def _fact(key: str, value: Any) -> Any:
+    if key == "param_count" and isinstance(value, int):
+        return f"{value:,}"
+    if key.endswith("_seconds") and isinstance(value, (int, float)):
+        return f"{value:.3g} s"
+    return value
+
+
+def _value_at(history: dict[str, list[float]], objective: str | None, epoch: int | None) -> float | None:
+    ys = history.get(objective or "") or []
+    if epoch is None or not 1 <= epoch <= len(ys):
+        return None
+    return ys[epoch - 1]
+
+
+def _epochs(history: dict[str, list[float]]) -> int:
+    return max((len(ys) for ys in history.values()), default=0)
+
+
+def _metric_order(history: dict[str, list[float]]) -> list[str]:
+    """loss first, then each metric with its validation twin beside it, in Keras's order."""
+    bases = list(dict.fromkeys(k.removeprefix("val_") for k in history))
+    bases.sort(key=lambda b: b != "loss")
+    return [k for b in bases for k in (b, f"val_{b}") if k in history]
+
+
+def _epoch_table(history: dict[str, list[float]], best_epoch: int | None) -> list[str]:
+    n = _epochs(history)
+    if n > MAX_EPOCH_ROWS:
+        step = math.ceil(n / (MAX_EPOCH_ROWS - 3))
+        shown = sorted({1, n, *range(1, n + 1, step), *([best_epoch] if best_epoch else [])})
+    else:
+        shown = list(range(1, n + 1))
+    metrics = _metric_order(history)
+    out = ["| epoch | " + " | ".join(metrics) + " |", "|---:|" + "---:|" * len(metrics)]
+    previous = 0
+    for epoch in shown:
+        if epoch - previous > 1:
+            out.append("| … |" + " |" * len(metrics))
+        previous = epoch
+        cells = []
+        for m in metrics:
+            ys = history[m]
+            cells.append(_fmt(ys[epoch - 1], 4) if epoch <= len(ys) else "")
+        label = f"**{epoch}** (best)" if epoch == best_epoch else str(epoch)
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _fenced(text: str, max_lines: int, *, keep: str) -> list[str]:
+    lines = text.splitlines()
+    if len(lines) > max_lines:
+        dropped = len(lines) - max_lines
+        lines = (lines[:max_lines] + [f"... ({dropped} more lines)"] if keep == "head"
+                 else [f"... ({dropped} earlier lines)"] + lines[-max_lines:])
+    # A fenced block keeps Keras's box-drawn table aligned; backticks inside would end it.
+    return ["```text", *(line.replace("```", "'''") for line in lines), "```"]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# The dashboard keeps notes in study system attrs: "dashboard:<trial_id>:note_ver" and the body
+# in ~2 kB chunks "dashboard:<trial_id>:note_str:<i>" (optuna_dashboard._note).
+
+
+def _write_fresh_note(study: optuna.Study, trial_id: int, body: str, artifact: tuple[str, str] | None) -> None:
+    """Store a trial's first note, version 1, and its artifact record, in one transaction.
+
+    A trial's first note needs no read of the others: plain inserts, which fail with an
+    integrity error if the trial has a note already (then the general path below runs).
+    """
+    from optuna.storages import RDBStorage
+    from optuna_dashboard._note import note_ver_key, split_body
+
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)
+    note_rows = {note_ver_key(trial_id): 1, **split_body(body, trial_id)}
+    if isinstance(backend, RDBStorage):
+        from optuna.storages._rdb import models
+        from optuna.trial import TrialState
+        from sqlalchemy import insert, select
+        from sqlalchemy.exc import IntegrityError
+
+        trials = models.TrialModel.__table__
+        try:
+            with backend.engine.begin() as conn:
+                state = conn.execute(select(trials.c.state).where(trials.c.trial_id == trial_id)).scalar_one_or_none()
+                if state != TrialState.RUNNING:
+                    raise ValueError(f"trial id {trial_id} is {getattr(state, 'name', state)}, not RUNNING")
+                conn.execute(insert(models.StudySystemAttributeModel.__table__),
+                             [{"study_id": study._study_id, "key": k, "value_json": json.dumps(v)}
+                              for k, v in note_rows.items()])
+                if artifact is not None:
+                    conn.execute(insert(models.TrialSystemAttributeModel.__table__).values(
+                        trial_id=trial_id, key=artifact[0], value_json=json.dumps(artifact[1])))
+            return
+        except IntegrityError:
+            pass  # a note (or this artifact) exists already: the general path
+    from optuna_dashboard._note import note_ver_key as ver_key
+    from optuna_dashboard._note import save_note_with_version
+
+    version = storage.get_study_system_attrs(study._study_id).get(ver_key(trial_id), 0) + 1
+    save_note_with_version(storage, study._study_id, trial_id, version, body)
+    if artifact is not None:
+        storage.set_trial_system_attr(trial_id, artifact[0], artifact[1])
+
+
+def _store_artifact(artifact_store: ArtifactStore, data: bytes, filename: str, mimetype: str) -> tuple[str, str]:
+    """Write ``data`` to the store; returns the trial system attr (key, value) that records it,
+    as ``optuna.artifacts.upload_artifact`` writes it (the value is the meta as a JSON string)."""
+    import io
+    from dataclasses import asdict
+
+    from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX, ArtifactMeta
+
+    artifact_id = str(uuid.uuid4())
+    artifact_store.write(artifact_id, io.BytesIO(data))
+    meta = ArtifactMeta(artifact_id=artifact_id, filename=filename, mimetype=mimetype, encoding=None)
+    return ARTIFACTS_ATTR_PREFIX + artifact_id, json.dumps(asdict(meta))
+
 
 def write_trial_note(study: optuna.Study, trial: optuna.Trial | FrozenTrial | int) -> None:
-    """Overwrite a trial's dashboard note with :func:`trial_note_markdown`; never raises.
+    """Overwrite a finished or running trial's note from what its attrs hold; never raises.
 
-    ``trial``: the trial, or its storage id (``trial._trial_id``, not its number).
+    For trials recorded before :func:`decorate_trial` existed (their history and model summary
+    are user attrs). ``trial``: the trial, or its storage id (``trial._trial_id``).
     """
     try:
         from optuna_dashboard import save_note
 
         trial_id = trial if isinstance(trial, int) else trial._trial_id
         frozen = study._storage.get_trial(trial_id)
-        save_note(_TrialHandle(study, trial_id), trial_note_markdown(frozen))  # type: ignore[arg-type]
+        objective = ((study.user_attrs.get("spec") or {}).get("objective") or {}).get("name")
+        save_note(_TrialHandle(study, trial_id), trial_note_markdown(frozen, objective))  # type: ignore[arg-type]
     except Exception as exc:  # a note is not worth failing a trial for
         _log.warning("could not write the dashboard note of a trial of %r: %s", getattr(study, "study_name", "?"), exc)
 
@@ -164,22 +406,13 @@ class _TrialHandle:
         return self.study._storage
 
 
-def trial_note_markdown(trial: FrozenTrial) -> str:
-    """The trial note: run facts (parameter count, best epoch, device...) and the model summary."""
+def trial_note_markdown(trial: FrozenTrial, objective: str | None = None) -> str:
+    """:func:`trial_note_body` for a stored trial (long texts read from its user or system attrs)."""
     attrs = trial.user_attrs
-    lines = [f"## Trial {trial.number}", ""]
-    facts = [(label, attrs[key]) for key, label in _RUN_ATTRS if attrs.get(key) is not None]
-    if trial.value is not None:
-        facts.insert(0, ("value", trial.value))
-    if facts:
-        lines += _table(("fact", "value"), facts)
-    if attrs.get("fail_reason"):
-        lines += ["", f"**Failed:** {attrs['fail_reason']}"]
-    summary = attrs.get("model_summary")
-    if summary:
-        # A fenced block keeps Keras's box-drawn table aligned; backticks inside would end it.
-        lines += ["", "### Model summary", "", "```", str(summary).replace("```", "'''"), "```"]
-    return "\n".join(lines) + "\n"
+    system = trial.system_attrs
+    details = {key: attrs.get(key) or system.get(key) for key in ("history", "model_summary", "traceback")}
+    return trial_note_body(number=trial.number, state=trial.state.name, values=trial.values, params=trial.params,
+                           attrs=attrs, details=details, objective=objective)
 
 
 # ---------------------------------------------------------------------------- learning curves
@@ -377,5 +610,5 @@ def _cell(v: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.6g}"
+def _fmt(v: float, digits: int = 6) -> str:
+    return f"{v:.{digits}g}" if isinstance(v, (int, float)) else str(v)

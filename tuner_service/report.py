@@ -7,14 +7,19 @@ the same as optuna-dashboard.
 
 A plot that cannot say anything yet (one completed trial, one parameter) is replaced by a
 sentence saying why, and a plot that fails to draw does not cost the rest of the report.
+What Optuna's plotting and importance code would print on stderr while drawing (warnings,
+log lines such as "some regimes have less than 2 trials") is shown under the plot it is
+about instead: a report is read in a browser, not in the terminal that wrote it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -178,10 +183,18 @@ def _intermediate(study: optuna.Study, trials: list[FrozenTrial], objective: str
 
     if not any(t.intermediate_values for t in trials):
         return None, "No trial reported per-epoch values."
+    states = {t.number: t.state.name.lower() for t in trials}
+
     def make() -> Any:
         fig = plot_intermediate_values(study)
+        # Optuna hides the legend and names lines "Trial7"; say which trial each line is.
+        for trace in fig.data:
+            number = int(str(trace.name).removeprefix("Trial")) if str(trace.name).startswith("Trial") else None
+            if number is not None:
+                trace.name = f"trial {number} ({states.get(number, '?')})"
         # The worker reports the objective once per epoch, so optuna's "step" is the epoch.
-        return fig.update_layout(xaxis_title="epoch", yaxis_title=objective)
+        return fig.update_layout(xaxis_title="epoch", yaxis_title=objective, showlegend=True,
+                                 legend_title_text="trial (state)")
 
     return make, ""
 
@@ -194,16 +207,56 @@ class _Plots:
 
     def section(self, title: str, make: Callable[[], Any] | None, reason: str) -> list[str]:
         html = f'<p class="skip">{escape(reason)}</p>'
+        notes: list[str] = []
         if make is not None:
             try:
-                fig = make()
+                with _captured_optuna_output() as notes:
+                    fig = make()
                 html = fig.to_html(full_html=False, include_plotlyjs=not self.plotly_embedded,
                                    config={"displaylogo": False, "responsive": True})
                 self.plotly_embedded = True
             except Exception as exc:  # one plot that cannot be drawn must not cost the whole report
                 _log.warning("report: %s not drawn: %s", title, exc)
                 html = f'<p class="skip">Could not draw this plot: {escape(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}</p>'
+        html += "".join(f'<p class="skip">Optuna: {escape(n)}</p>' for n in notes)
         return [f"<section><h2>{escape(title)}</h2>", html, "</section>"]
+
+
+@contextlib.contextmanager
+def _captured_optuna_output() -> Iterator[list[str]]:
+    """Collect, instead of printing, the warnings and the optuna log records of the block.
+
+    Both are restored afterwards: the warning filters by ``catch_warnings``, the log handlers
+    by removing the filter added to each handler of the ``optuna`` logger (its own stderr
+    handler, and any the user added).
+    """
+    notes: list[str] = []
+
+    class _Collect(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.levelno >= logging.WARNING:
+                message = record.getMessage()
+                if message not in notes:
+                    notes.append(message)
+            return False
+
+    collect = _Collect()
+    handlers = list(logging.getLogger("optuna").handlers)
+    for handler in handlers:
+        handler.addFilter(collect)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield notes
+        for w in caught:
+            if issubclass(w.category, DeprecationWarning):
+                continue  # about library internals, not this study
+            message = str(w.message)
+            if message not in notes:
+                notes.append(message)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(collect)
 
 
 def _fmt(v: Any) -> str:

@@ -172,7 +172,6 @@ def _follow(study: optuna.Study, spec: StudySpec, stop: threading.Event, console
     """A live progress bar fed by polling the storage (so it counts every worker's trials)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    maximize = spec.maximize
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
@@ -181,7 +180,7 @@ def _follow(study: optuna.Study, spec: StudySpec, stop: threading.Event, console
         task = bar.add_task(spec.name, total=None, info="starting workers")
         while True:
             try:
-                c = study_mod.Counts.for_study(study, maximize=maximize)
+                c = study_mod.Counts.for_study(study)
             except Exception:  # a transient storage error must not kill the progress bar
                 c = None
             if c is not None:
@@ -223,101 +222,8 @@ def _say(console: Console | None, text: str) -> None:
 
 # ---------------------------------------------------------------------------- queries
 
+# The read side (plain SQL on Optuna's tables, no Optuna import) lives in tuner_service.queries;
+# re-exported so ``service.best(...)`` and ``tuner_service.best(...)`` keep working.
+from tuner_service.queries import best, cv_results, list_studies, status, trials  # noqa: E402
 
-def _open(url: str | None, name: str) -> optuna.Study:
-    storage = open_storage(url, create=False)
-    return study_mod.load(storage, name)
-
-
-def best(name: str, storage_url: str | None = None, *, study: optuna.Study | None = None) -> dict[str, Any]:
-    study = study or _open(storage_url, name)
-    t = study_mod.best_trial(study)
-    spec = study.user_attrs.get(A.SPEC) or {}
-    return {
-        "study": name,
-        "number": t.number,
-        "value": t.value,
-        "objective": (spec.get("objective") or {}).get("name", "value"),
-        "direction": study.direction.name.lower(),
-        "params": t.params,
-        "best_epoch": t.user_attrs.get("best_epoch"),
-        "user_attrs": dict(t.user_attrs),
-    }
-
-
-def trials(name: str, storage_url: str | None = None, *, top: int | None = None) -> list[dict[str, Any]]:
-    from optuna.trial import TrialState
-
-    study = _open(storage_url, name)
-    all_trials = study.get_trials(deepcopy=False)
-    if top is not None:
-        maximize = study.direction.name == "MAXIMIZE"
-        done = [t for t in all_trials if t.state == TrialState.COMPLETE and t.value is not None]
-        all_trials = sorted(done, key=lambda t: ((-t.value if maximize else t.value), t.number))[:top]
-    return [study_mod.trial_row(t) for t in all_trials]
-
-
-def cv_results(name: str, storage_url: str | None = None) -> list[dict[str, Any]] | None:
-    """For grid studies: rows shaped like ``GridSearchCV.cv_results_``; None for other tuners."""
-    study = _open(storage_url, name)
-    if study.user_attrs.get("tuner") != "grid":
-        return None
-    from tuner_service.tuners.grid import cv_results_rows
-
-    return cv_results_rows(study.get_trials(deepcopy=False))
-
-
-def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:
-    import optuna
-
-    storage = open_storage(storage_url, create=False)
-    rows = []
-    for s in storage.get_all_studies():
-        study = optuna.load_study(study_name=s.study_name, storage=storage)
-        c = study_mod.Counts.for_study(study, maximize=s.direction.name == "MAXIMIZE")
-        rows.append({
-            "name": s.study_name,
-            "tuner": s.user_attrs.get("tuner"),
-            "direction": s.direction.name.lower(),
-            "complete": c.complete, "pruned": c.pruned, "failed": c.failed,
-            "running": c.running, "waiting": c.waiting + c.remaining,
-            "best_value": c.best.value if c.best else None,
-            "submitted_at": s.user_attrs.get("submitted_at"),
-        })
-    return rows
-
-
-def status(name: str, storage_url: str | None = None) -> dict[str, Any]:
-    study = _open(storage_url, name)
-    maximize = study.direction.name == "MAXIMIZE"
-    c = study_mod.Counts.for_study(study, maximize=maximize)
-    spec = study.user_attrs.get(A.SPEC) or {}
-    state = ("aborted" if study.user_attrs.get(A.ABORTED)
-             else "done" if c.done else "running" if c.running else "waiting")
-    info: dict[str, Any] = {
-        "study": name,
-        "state": state,
-        "tuner": study.user_attrs.get("tuner"),
-        "objective": f"{(spec.get('objective') or {}).get('name')} ({study.direction.name.lower()})",
-        "complete": c.complete, "pruned": c.pruned, "failed": c.failed, "retried": c.retried,
-        "running": c.running, "waiting": c.waiting + c.remaining,
-        "best_value": c.best.value if c.best else None,
-        "best_trial": c.best.number if c.best else None,
-        "best_params": c.best.params if c.best else None,
-        "data": study.user_attrs.get("data"),
-        "submitted_at": study.user_attrs.get("submitted_at"),
-    }
-    if study.user_attrs.get(A.ABORTED):
-        info["aborted"] = study.user_attrs[A.ABORTED]
-    if c.failures:  # why each trial that stays FAIL stopped for good (e.g. "gave up after 3 retries")
-        info["failures"] = {str(n): reason for n, reason in c.failures}
-    refusals = {k.split(":", 1)[1]: v["reason"] for k, v in study._storage.get_study_system_attrs(study._study_id).items()
-                if k.startswith("refused:") and v}
-    if refusals:  # agents that will not run this study, and why
-        info["refused_by"] = refusals
-    retrain = study.user_attrs.get("retrain")
-    if retrain:
-        info["retrained_test_metrics"] = retrain.get("test_metrics")
-        info["retrained_model"] = retrain.get("model_path")
-    return info
-
+__all__ = ["best", "cv_results", "list_studies", "run_local", "status", "submit", "trials"]

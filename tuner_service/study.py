@@ -1,13 +1,11 @@
-"""Studies on Optuna storage: creation, the trial budget, and read-side summaries.
+"""Studies on Optuna storage: creation (spec, budget, grid points), loading, and whether this
+machine can serve one.
 
-The budget is exact across any number of workers. Submitting a study with ``max_trials = N``
-sets its counter in ``tuner_service_budget`` to N (grid studies instead enqueue their points
-as WAITING trials). A worker first claims a WAITING trial (a retry or a grid point) with the
-atomic WAITING -> RUNNING transition Optuna uses for ``enqueue_trial``; otherwise it starts a
-new trial only after atomically taking one from the counter. A trial that dies (stale
-heartbeat, worker stopped) is failed and a WAITING copy with the same parameters is enqueued
-in its place, so the budget stays exact. Unspent slots (e.g. after a timeout) stay in the
-counter; ``submit --resume`` continues with them.
+Submitting a study with ``max_trials = N`` sets its counter in ``tuner_service_budget`` to N
+(grid studies instead enqueue their points as WAITING trials); how workers take slots and what
+happens to a trial that dies is the lifecycle's (:mod:`tuner_service.lifecycle`). Unspent slots
+(e.g. after a timeout) stay in the counter; ``submit --resume`` continues with them. Trial
+counts are :class:`tuner_service.queries.Counts`.
 
 Nothing here imports Keras.
 """
@@ -15,13 +13,11 @@ Nothing here imports Keras.
 from __future__ import annotations
 
 import datetime as dt
-import math
-import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tuner_service import attrs as A
 from tuner_service.errors import BadInput, Refused
+from tuner_service.queries import Counts  # noqa: F401  (the one place that counts trial states)
 from tuner_service.spec import StudySpec, code_hash
 
 if TYPE_CHECKING:
@@ -212,74 +208,6 @@ def resume(study: optuna.Study, spec: StudySpec) -> int:
     return max(missing, 0)
 
 
-@dataclass
-class Counts:
-    """Trial states as the budget sees them."""
-
-    complete: int = 0
-    pruned: int = 0
-    failed: int = 0  # failed for good (not re-queued)
-    retried: int = 0  # failed and replaced by a retry
-    running: int = 0
-    waiting: int = 0
-    remaining: int = 0  # budget slots not started yet (the counter)
-    best: FrozenTrial | None = None
-    running_numbers: list[int] = field(default_factory=list)
-    failures: list[tuple[int, str]] = field(default_factory=list)  # (number, reason) of the final failures
-
-    @property
-    def finished(self) -> int:
-        return self.complete + self.pruned + self.failed
-
-    @property
-    def budget_used(self) -> int:
-        """Slots accounted for: finished, running or waiting (a retry replaces its failure)."""
-        return self.finished + self.running + self.waiting
-
-    @property
-    def total(self) -> int:
-        return self.budget_used + self.remaining
-
-    @property
-    def done(self) -> bool:
-        return self.running == 0 and self.waiting == 0 and self.remaining == 0
-
-    @classmethod
-    def for_study(cls, study: optuna.Study, maximize: bool | None = None) -> Counts:
-        counts = cls.of(study.get_trials(deepcopy=False), maximize=maximize)
-        counts.remaining = remaining_budget(study._storage, study._study_id)
-        return counts
-
-    @classmethod
-    def of(cls, trials: list[FrozenTrial], maximize: bool | None = None) -> Counts:
-        from optuna.trial import TrialState
-
-        retried = {n for t in trials for n in t.system_attrs.get(A.RETRY_HISTORY, ())}
-        c = cls()
-        for t in trials:
-            s = t.state
-            if s == TrialState.COMPLETE:
-                c.complete += 1
-                if maximize is not None and t.value is not None and (
-                    c.best is None or (t.value > c.best.value if maximize else t.value < c.best.value)
-                ):
-                    c.best = t
-            elif s == TrialState.PRUNED:
-                c.pruned += 1
-            elif s == TrialState.FAIL:
-                if t.number in retried:
-                    c.retried += 1
-                else:
-                    c.failed += 1
-                    c.failures.append((t.number, str(t.user_attrs.get(A.FAIL_REASON) or "no reason recorded")))
-            elif s == TrialState.RUNNING:
-                c.running += 1
-                c.running_numbers.append(t.number)
-            elif s == TrialState.WAITING:
-                c.waiting += 1
-        return c
-
-
 def best_trial(study: optuna.Study) -> FrozenTrial:
     """The best COMPLETE trial (ties: the earliest, as Optuna and scikit-learn do)."""
     from optuna.trial import TrialState
@@ -289,33 +217,6 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
         raise BadInput(f"study {study.study_name!r} has no completed trial yet; run a worker or wait for one")
     maximize = study.direction.name == "MAXIMIZE"
     return sorted(done, key=lambda t: ((-t.value if maximize else t.value), t.number))[0]
-
-
-def trial_row(t: FrozenTrial) -> dict[str, Any]:
-    return {
-        "number": t.number,
-        "state": t.state.name,
-        "value": None if t.value is None or not math.isfinite(t.value) else t.value,
-        "params": t.params,
-        "best_epoch": t.user_attrs.get("best_epoch"),
-        "epochs_run": t.user_attrs.get("epochs_run"),
-        "duration_s": round(t.duration.total_seconds(), 3) if t.duration else None,
-        "param_count": t.user_attrs.get("param_count"),
-        "host": t.user_attrs.get("host"),
-        "pid": t.user_attrs.get("pid"),
-        "fail_reason": t.user_attrs.get("fail_reason"),
-    }
-
-
-def wait_until_done(study: optuna.Study, poll: float = 1.0, timeout: float | None = None) -> Counts:
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        c = Counts.for_study(study)
-        if c.done:
-            return c
-        if deadline is not None and time.monotonic() > deadline:
-            return c
-        time.sleep(poll)
 
 
 def _now() -> str:

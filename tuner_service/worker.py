@@ -27,7 +27,7 @@ from tuner_service import attrs as A
 from tuner_service import study as study_mod
 from tuner_service.errors import BadInput, Refused, StorageOutage, StorageUnavailable, StudyAborted
 from tuner_service.lifecycle import LoopOptions, TrialLoop
-from tuner_service.storage import open_storage, with_storage_retry
+from tuner_service.storage import open_storage, resolve_url, with_storage_retry
 
 if TYPE_CHECKING:
     from tuner_service.runners import Runner
@@ -53,7 +53,8 @@ class Worker:
         from tuner_service import tuners
 
         self.options = options or WorkerOptions()
-        self.storage = with_storage_retry(open_storage, storage_url, create=False, what="opening the storage")
+        self.url = resolve_url(storage_url)
+        self.storage = with_storage_retry(open_storage, self.url, create=False, what="opening the storage")
         probe = with_storage_retry(study_mod.load, self.storage, study_name, what="loading the study")
         self.spec = study_mod.servable_spec(probe)
         if self.options.index is None:
@@ -99,14 +100,14 @@ class Worker:
 
     def run(self, on_trial_done: Callable[[str], None] | None = None) -> int:
         """Claim and run trials until none is left; returns how many this worker ran."""
-        from tuner_service.dashboard import open_artifact_store
+        from tuner_service.dashboard import default_artifact_store
 
         runner = self.runner  # imports, user code and data first: a failure here must not strand a claimed trial
         self.loop = TrialLoop(
             self.study, runner, self._run_attrs, prune=self.prune, objective=self.spec.objective.name,
             options=LoopOptions(wait_for_others=self.options.slot is None, max_trials=self.options.max_trials,
                                 memory_limit_mb=self.options.memory_limit_mb, poll=self.options.poll),
-            stop_reason=self._stop_reason, artifact_store=open_artifact_store(), on_trial_done=on_trial_done,
+            stop_reason=self._stop_reason, artifact_store=default_artifact_store(self.url), on_trial_done=on_trial_done,
         )
         if self._stopped:
             return 0

@@ -70,6 +70,7 @@ class Slot:
     retrain: dict[str, Any] | None = None  # the retrain request this slot runs, if any
     study: str | None = None
     started: float = 0.0
+    draining: bool = False
 
 
 @dataclass
@@ -147,7 +148,11 @@ class Agent:
         self.console = console
         self.state = AgentState()
         self._stopping = False
+        self._draining = False
         self.host = socket.gethostname()
+        self.agent_id = f"{self.host}/{os.getpid()}/{int(time.time())}"
+        self.started_at = time.time()
+        self._registry_due = 0.0
 
     # ------------------------------------------------------------------ scheduling
 
@@ -166,7 +171,8 @@ class Agent:
                 continue
             self._check_liveness(s)
             spec_raw = attrs.get(A.SPEC) or {}
-            if attrs.get(A.ABORTED) or study_mod.expired(attrs, (spec_raw.get("budget") or {}).get("timeout")):
+            if (study_mod.stop_reason(attrs, (spec_raw.get("budget") or {}).get("timeout"))
+                    or study_mod.control_state(attrs) == study_mod.PAUSED):
                 continue
             _sql.ensure_budget_table(self.storage)
             with _sql.read(self.storage) as session:
@@ -335,7 +341,7 @@ class Agent:
             final["error"] = mask_password(lines[-1] if lines else f"exit code {code}")
         compare_and_set_study_user_attr(self.storage, slot.retrain["study_id"], REQUEST_ATTR, running, final)
         self._say(f"slot {slot.label}: retrain of {slot.study!r} {final['status']}")
-        slot.runner, slot.study, slot.retrain = None, None, None
+        slot.runner, slot.study, slot.retrain, slot.draining = None, None, None, False
 
     def reap(self, slot: Slot) -> None:
         """Handle a finished runner: re-queue a trial it died in; remember refusals."""
@@ -359,7 +365,7 @@ class Agent:
         elif code not in (0, None) and code != 3:
             self._say(f"slot {slot.label}: runner pid {proc.pid} died (exit {code}); re-queueing its trial")
             self.requeue_trials_of(proc.pid, slot.study, f"runner process died (exit {code})")
-        slot.runner, slot.study = None, None
+        slot.runner, slot.study, slot.draining = None, None, False
 
     def requeue_trials_of(self, pid: int, study_name: str | None, reason: str) -> None:
         """The lifecycle's crash arrow for the trials a dead runner of this host held."""
@@ -381,7 +387,11 @@ class Agent:
         def stop(signum: int, _frame: Any) -> None:
             self._stopping = True
 
+        def drain(signum: int, _frame: Any) -> None:
+            self._draining = True
+
         old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, drain)
         self._say(f"agent on {self.host}: {len(self.slots)} slot(s) "
                   f"[{', '.join(s.label for s in self.slots)}], storage {mask_password(self.url)}")
         try:
@@ -390,6 +400,12 @@ class Agent:
                     if slot.runner is not None and slot.runner.poll() is not None:
                         with_storage_retry(self.reap, slot, what="handling a finished runner")
                 # A database outage pauses scheduling (runners wait on their own); it is not fatal.
+                self._beat_registry()
+                if self._draining:
+                    if self._drain_runners():
+                        break
+                    time.sleep(POLL_SECONDS)
+                    continue
                 with_storage_retry(self.beat_retrains, what="refreshing retrain requests")
                 retrains = with_storage_retry(self.pending_retrains, what="listing retrain requests")
                 active = with_storage_retry(self.active_studies, what="listing studies")
@@ -408,8 +424,48 @@ class Agent:
                 time.sleep(POLL_SECONDS)
         finally:
             self.shutdown()
+            self._leave_registry()
             for s, h in old.items():
                 signal.signal(s, h)
+
+    # ------------------------------------------------------------------ registry and drain
+
+    def _beat_registry(self) -> None:
+        """Refresh this agent's row (what `status` shows); a drain asked through it is heeded."""
+        from tuner_service import registry
+
+        now = time.monotonic()
+        if now < self._registry_due:
+            return
+        self._registry_due = now + registry.BEAT_SECONDS
+        try:
+            studies = [s.study for s in self.slots if s.study]
+            if registry.beat(self.storage, self.agent_id, host=self.host, pid=os.getpid(), slots=len(self.slots),
+                             studies=studies, started_at=self.started_at) and not self._draining:
+                self._say("drain requested (tuner-service agent --drain)")
+                self._draining = True
+        except Exception as exc:  # bookkeeping: an outage must not stop the agent
+            _log.warning("could not refresh the agents registry: %s", exc)
+
+    def _leave_registry(self) -> None:
+        from tuner_service import registry
+
+        try:
+            registry.leave(self.storage, self.agent_id)
+        except Exception as exc:
+            _log.warning("could not leave the agents registry: %s", exc)
+
+    def _drain_runners(self) -> bool:
+        """Ask every runner to finish its trial and stop (SIGUSR1); True once none is left."""
+        for slot in self.slots:
+            if slot.runner is not None and slot.runner.poll() is None and not slot.draining:
+                slot.draining = True
+                if slot.retrain is None:  # a retrain runs to its end anyway
+                    slot.runner.send_signal(signal.SIGUSR1)
+        if all(slot.runner is None for slot in self.slots):
+            self._say("drained: every running trial finished, none handed back")
+            return True
+        return False
 
     def shutdown(self, grace: float = 30.0) -> None:
         running = [s for s in self.slots if s.runner is not None and s.runner.poll() is None]

@@ -14,6 +14,7 @@ SPEC = "spec"  # the validated study spec (JSON)
 CODE_HASH = "code_hash"  # SHA-256 of the model source file
 READY = "ready"  # set last by `submit`: the study is complete and may be served
 ABORTED = "aborted"  # why the study stopped (too many consecutive failures)
+CONTROL = "control"  # {"state": "paused" | "stopped", "at": ISO time}: set by `tuner-service pause/stop`
 TUNER = "tuner"
 SUBMITTED_AT = "submitted_at"
 RESUMED_AT = "resumed_at"

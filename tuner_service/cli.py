@@ -364,6 +364,59 @@ def report(
     console.print(f"report written to {path}")
 
 
+@app.command("pause")
+@_guard
+def pause_cmd(study: str = typer.Argument(..., help="Study name."), storage: Optional[str] = StorageOpt) -> None:
+    """Start no new trial of STUDY until `resume` (running trials finish)."""
+    from tuner_service import service
+
+    r = service.pause(study, storage)
+    console.print(f"study {study!r} paused: no trial starts until `tuner-service resume {study}` "
+                  f"({r['running_trials']} running trial(s) finish)")
+
+
+@app.command("stop")
+@_guard
+def stop_cmd(study: str = typer.Argument(..., help="Study name."), storage: Optional[str] = StorageOpt) -> None:
+    """Start no new trial of STUDY (running trials finish; workers exit); `resume` undoes it."""
+    from tuner_service import service
+
+    r = service.stop(study, storage)
+    console.print(f"study {study!r} stopped: {r['running_trials']} running trial(s) finish, {r['not_started']} not "
+                  f"started stay in its budget (`tuner-service resume {study}` continues it)")
+
+
+@app.command("resume")
+@_guard
+def resume_cmd(study: str = typer.Argument(..., help="Study name."), storage: Optional[str] = StorageOpt) -> None:
+    """Undo `pause` or `stop`: workers and agents pick STUDY up again."""
+    from tuner_service import service
+
+    r = service.resume_study(study, storage)
+    console.print(f"study {study!r} resumed (was {r['was']}): {r['not_started']} trial(s) to run")
+
+
+@app.command("delete")
+@_guard
+def delete_cmd(
+    study: str = typer.Argument(..., help="Study name."),
+    storage: Optional[str] = StorageOpt,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    force: bool = typer.Option(False, "--force", help="Delete even while trials run."),
+) -> None:
+    """Delete STUDY with its trials and notes (asks first; --yes does not)."""
+    from tuner_service import queries, service
+
+    info = queries.status(study, storage)
+    if not yes:
+        shown = f"{info['complete']} complete, {info['failed']} failed, {info['running']} running"
+        if not sys.stdin.isatty():
+            raise typer.BadParameter(f"deleting {study!r} ({shown}) needs confirmation; pass --yes")
+        typer.confirm(f"delete study {study!r} ({shown})?", abort=True)
+    r = service.delete(study, storage, force=force)
+    console.print(f"study {study!r} deleted ({r['deleted_trials']} trial(s))")
+
+
 @app.command()
 @_guard
 def agent(
@@ -375,8 +428,25 @@ def agent(
     max_trials_per_runner: int = typer.Option(50, "--recycle-after", min=1, help="Restart a runner after N trials."),
     memory_limit_mb: Optional[int] = typer.Option(None, "--runner-memory-mb", help="Restart a runner above this RSS."),
     once: bool = typer.Option(False, "--once", help="Exit when no study has budget left (default: keep waiting)."),
+    drain: bool = typer.Option(False, "--drain", help="Ask the running agents on this machine to finish their "
+                                                      "trials, take no new ones and exit (or send them SIGUSR1)."),
+    drain_all: bool = typer.Option(False, "--drain-all", help="The same for the agents on every machine."),
 ) -> None:
     """Keep this machine's GPUs busy with trials from every study that has budget left."""
+    if drain or drain_all:
+        import socket
+
+        from tuner_service import registry
+        from tuner_service.storage import open_storage
+
+        asked = registry.request_drain(open_storage(storage, create=False),
+                                       None if drain_all else socket.gethostname())
+        for a in asked:
+            console.print(f"draining agent pid {a['pid']} on {a['host']} ({a['slots']} slot(s), "
+                          f"studies: {', '.join(a['studies']) or 'none'})")
+        if not asked:
+            console.print("no running agent" + ("" if drain_all else " on this machine"))
+        return
     from tuner_service.agent import run_agent
 
     run_agent(storage, gpus=gpus, trials_per_gpu=trials_per_gpu, slots=slots, studies=studies,
@@ -390,7 +460,9 @@ def main() -> None:
     except ImportError:  # pragma: no cover - older typer on plain click
         from click import exceptions as click_exc
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from tuner_service.runners._env import process_defaults
+
+    process_defaults()  # the CLI's own process (submit runs a worker in it): TensorFlow's settings
     try:
         code = app(standalone_mode=False)
     except click_exc.NoArgsIsHelpError:

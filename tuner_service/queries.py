@@ -39,6 +39,8 @@ from tuner_service import attrs as A  # noqa: E402  (names only: imports nothing
 SPEC_ATTR, ABORTED_ATTR = A.SPEC, A.ABORTED
 #: Study system attrs an agent writes when it refuses a study (``refused:<host>``).
 REFUSED_PREFIX = "refused:"
+#: An agent's registry row older than this (seconds) belongs to an agent that is gone.
+AGENT_GONE_SECONDS = 60.0
 #: Per-trial user attrs the tables show; the long ones (history, summary) are never read.
 ROW_ATTRS = (A.BEST_EPOCH, A.EPOCHS_RUN, A.PARAM_COUNT, A.HOST, A.PID, A.FAIL_REASON)
 #: Trial attrs too long to return from ``best`` (the dashboard note has them).
@@ -68,6 +70,7 @@ class StudyRecord:
     trials: list[TrialRecord]
     remaining: int  # budget slots not started (tuner_service_budget)
     refusals: dict[str, str] = field(default_factory=dict)  # agent host -> why it does not serve the study
+    agents: list[dict[str, Any]] = field(default_factory=list)  # live agents whose slots run this study
 
     @property
     def maximize(self) -> bool:
@@ -102,8 +105,11 @@ def status(name: str, storage_url: str | None = None) -> dict[str, Any]:
         s = reader.study(name, attr_keys=(A.FAIL_REASON,))
     c = Counts.of(s)
     spec = s.user_attrs.get(SPEC_ATTR) or {}
+    control = s.user_attrs.get(A.CONTROL)
+    control_state = control.get("state") if isinstance(control, dict) else None
     state = ("aborted" if s.user_attrs.get(ABORTED_ATTR)
-             else "done" if c.done else "running" if c.running else "waiting")
+             else "done" if c.done else control_state if control_state
+             else "running" if c.running else "waiting")
     info: dict[str, Any] = {
         "study": name,
         "state": state,
@@ -123,6 +129,9 @@ def status(name: str, storage_url: str | None = None) -> dict[str, Any]:
         info["failures"] = {str(n): reason for n, reason in c.failures}
     if s.refusals:  # agents that will not run this study, and why
         info["refused_by"] = dict(s.refusals)
+    if s.agents:  # the machines serving it now
+        info["agents"] = [f"{a['host']} (pid {a['pid']}, {a['slots']} slot(s), seen {_ago(a['last_seen'])})"
+                          for a in s.agents]
     retrain = s.user_attrs.get("retrain")
     if retrain:
         info["retrained_test_metrics"] = retrain.get("test_metrics")
@@ -276,6 +285,12 @@ class Counts:
         return cls.of(StudyRecord(-1, "", "maximize" if maximize else "minimize", {}, records, 0))
 
 
+def _ago(unix: float) -> str:
+    import time
+
+    return f"{max(0.0, time.time() - unix):.0f} s ago"
+
+
 def _signed(value: float | None, maximize: bool) -> float:
     assert value is not None
     return -value if maximize else value
@@ -406,7 +421,7 @@ class _SqlReader(_Reader):
             "SELECT key, value_json FROM study_system_attributes WHERE study_id = :sid AND key LIKE :prefix",
             sid=sid, prefix=f"{REFUSED_PREFIX}%") if json.loads(v)}
         return StudyRecord(sid, name, str(direction[0][0]).lower() if direction else "minimize", attrs, trials,
-                           self._remaining(sid), refusals)
+                           self._remaining(sid), refusals, self._agents(name))
 
     def _trials(self, sid: int, attr_keys: Sequence[str]) -> list[TrialRecord]:
         by_id: dict[int, TrialRecord] = {}
@@ -434,6 +449,18 @@ class _SqlReader(_Reader):
                 "WHERE t.study_id = :sid AND a.key = :key", sid=sid, key=A.RETRY_HISTORY):
             by_id[tid].retry_history = list(json.loads(value) or [])
         return list(by_id.values())
+
+    def _agents(self, name: str) -> list[dict[str, Any]]:
+        """Live agents (``tuner_service.registry``) whose slots run study ``name`` now."""
+        import time
+
+        try:
+            rows = self._rows("SELECT host, pid, slots, studies, last_seen FROM tuner_service_agents "
+                              "WHERE last_seen >= :cutoff ORDER BY started_at", cutoff=time.time() - AGENT_GONE_SECONDS)
+        except Exception:  # no agent ever ran against this database
+            return []
+        return [{"host": h, "pid": p, "slots": n, "last_seen": seen} for h, p, n, studies, seen in rows
+                if name in json.loads(studies)]
 
     def _remaining(self, sid: int) -> int:
         try:
@@ -488,8 +515,14 @@ def _record_from_study(study: optuna.Study) -> StudyRecord:
     system = study._storage.get_study_system_attrs(study._study_id)
     refusals = {k.removeprefix(REFUSED_PREFIX): v["reason"] for k, v in system.items()
                 if k.startswith(REFUSED_PREFIX) and v}
+    try:
+        from tuner_service.registry import agents
+
+        serving = [a for a in agents(study._storage) if study.study_name in a["studies"]]
+    except Exception:  # not an RDB storage
+        serving = []
     return StudyRecord(study._study_id, study.study_name, study.directions[0].name.lower(), dict(study.user_attrs),
-                       trials, remaining, refusals)
+                       trials, remaining, refusals, serving)
 
 
 # ---------------------------------------------------------------------------- Optuna's encodings

@@ -220,10 +220,52 @@ def _say(console: Console | None, text: str) -> None:
         console.print(text)
 
 
+# ---------------------------------------------------------------------------- control
+
+
+def pause(name: str, storage_url: str | None = None) -> dict[str, Any]:
+    """No trial of ``name`` starts until :func:`resume` (running ones finish); workers wait,
+    agents give their slots to other studies."""
+    return _control(name, storage_url, study_mod.PAUSED)
+
+
+def stop(name: str, storage_url: str | None = None) -> dict[str, Any]:
+    """No trial of ``name`` starts again (running ones finish); workers exit. :func:`resume`
+    undoes it."""
+    return _control(name, storage_url, study_mod.STOPPED)
+
+
+def resume_study(name: str, storage_url: str | None = None) -> dict[str, Any]:
+    """Undo :func:`pause` or :func:`stop`: workers and agents pick the study up again."""
+    return _control(name, storage_url, None)
+
+
+def _control(name: str, storage_url: str | None, state: str | None) -> dict[str, Any]:
+    study = study_mod.load(open_storage(storage_url, create=False), name)
+    was = study_mod.control_state(study.user_attrs)
+    study_mod.set_control(study, state)
+    counts = study_mod.Counts.for_study(study)
+    return {"study": name, "was": was or "running", "now": state or "running", "running_trials": counts.running,
+            "not_started": counts.waiting + counts.remaining}
+
+
+def delete(name: str, storage_url: str | None = None, *, force: bool = False) -> dict[str, Any]:
+    """Delete a study, its trials and its budget counter (refused while trials run, unless ``force``)."""
+    storage = open_storage(storage_url, create=False)
+    study = study_mod.load(storage, name)
+    counts = study_mod.Counts.for_study(study)
+    if counts.running and not force:
+        raise BadInput(f"study {name!r} has {counts.running} running trial(s); stop it first "
+                       f"(tuner-service stop {name}) and wait for them, or pass --force")
+    study_mod.delete(storage, name)
+    return {"study": name, "deleted_trials": counts.total - counts.remaining}
+
+
 # ---------------------------------------------------------------------------- queries
 
 # The read side (plain SQL on Optuna's tables, no Optuna import) lives in tuner_service.queries;
 # re-exported so ``service.best(...)`` and ``tuner_service.best(...)`` keep working.
 from tuner_service.queries import best, cv_results, list_studies, status, trials  # noqa: E402
 
-__all__ = ["best", "cv_results", "list_studies", "run_local", "status", "submit", "trials"]
+__all__ = ["best", "cv_results", "delete", "list_studies", "pause", "resume_study", "run_local", "status", "stop",
+           "submit", "trials"]

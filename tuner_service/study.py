@@ -143,6 +143,34 @@ def expired(user_attrs: dict[str, Any], timeout: float | None) -> bool:
     return elapsed > timeout
 
 
+#: What ``tuner-service pause``/``stop`` write (study user attr ``control``): a paused study
+#: starts no trial until resumed; a stopped one starts no trial again unless resumed. Trials
+#: already running finish either way. The claim transaction itself reads the flag, so no
+#: trial starts once the command has returned.
+PAUSED, STOPPED = "paused", "stopped"
+
+
+def control_state(user_attrs: dict[str, Any]) -> str | None:
+    control = user_attrs.get(A.CONTROL)
+    return control.get("state") if isinstance(control, dict) else None
+
+
+def set_control(study: optuna.Study, state: str | None) -> None:
+    study.set_user_attr(A.CONTROL, None if state is None else {"state": state, "at": _now()})
+
+
+def stop_reason(user_attrs: dict[str, Any], timeout: float | None) -> str | None:
+    """Why the study takes no new trials for good (aborted, stopped, timed out), or None.
+    (Paused is not for good: see :func:`control_state`.)"""
+    if user_attrs.get(A.ABORTED):
+        return f"aborted: {user_attrs[A.ABORTED]}"
+    if control_state(user_attrs) == STOPPED:
+        return "stopped (tuner-service stop); `tuner-service resume` continues it"
+    if expired(user_attrs, timeout):
+        return "its budget.timeout has passed"
+    return None
+
+
 def refuse_facade_study(study: optuna.Study) -> None:
     """Studies of ``tuner_service.keras_tuner`` run inside the user's script, with its data."""
     if study.user_attrs.get(A.KERAS_TUNER):

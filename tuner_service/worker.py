@@ -82,7 +82,8 @@ class Worker:
             self.loop.stop()
 
     def install_signal_handlers(self) -> dict[int, Any]:
-        """SIGTERM/SIGINT: stop claiming, and hand the running trial back at once.
+        """SIGTERM/SIGINT: stop claiming, and hand the running trial back at once. SIGUSR1
+        (an agent draining): finish the running trial, claim no other, exit.
 
         Returns the previous handlers, for callers that run a worker inside a longer-lived
         program (``submit`` from Python) to restore."""
@@ -96,7 +97,12 @@ class Worker:
                 loop.current = None
                 raise TrialInterrupted(signal.Signals(signum).name)
 
-        return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        def drain(_signum: int, _frame: Any) -> None:
+            self.stop()
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, drain)
+        return previous
 
     def run(self, on_trial_done: Callable[[str], None] | None = None) -> int:
         """Claim and run trials until none is left; returns how many this worker ran."""
@@ -119,11 +125,7 @@ class Worker:
         return ran
 
     def _stop_reason(self, attrs: dict[str, Any]) -> str | None:
-        if attrs.get(A.ABORTED):
-            return f"aborted: {attrs[A.ABORTED]}"
-        if study_mod.expired(attrs, self.spec.budget.timeout):
-            return "its budget.timeout has passed"
-        return None
+        return study_mod.stop_reason(attrs, self.spec.budget.timeout)
 
     def _run_attrs(self) -> dict[str, Any]:
         runner = self.runner

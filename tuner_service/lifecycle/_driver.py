@@ -115,8 +115,20 @@ class TrialLoop:
             return None, True
         claimed = lc.claim(self.study, self.run_attrs())
         if claimed is None:
+            blocked = self._blocked()
+            if blocked == "paused":
+                # Paused: plain workers wait for `tuner-service resume` (looking every poll);
+                # an agent's runner leaves, and the agent gives its slot to another study.
+                self._housekeeping_due = 0.0
+                return None, not self.options.wait_for_others
+            if blocked:
+                return None, True
             return None, not (self.options.wait_for_others and self._others_running())
         return claimed, False
+
+    def _blocked(self) -> str | None:
+        with _sql.read(self.study._storage) as s:
+            return _sql.claims_blocked(s, self.study._study_id)
 
     def _others_running(self) -> bool:
         from optuna.storages._rdb import models

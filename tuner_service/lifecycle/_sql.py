@@ -113,6 +113,21 @@ def drop_slots(session: Session, study_id: int) -> None:
     session.execute(delete(BUDGET).where(BUDGET.c.study_id == study_id))
 
 
+# ---------------------------------------------------------------------------- the study's flags
+
+
+def claims_blocked(session: Session, study_id: int) -> str | None:
+    """Why the study starts no trial now: ``"paused"``, ``"stopped"`` (``tuner-service
+    pause/stop``) or ``"aborted"``; None when it may. Read inside the claim's transaction."""
+    ua = models.StudyUserAttributeModel
+    rows = dict(session.execute(select(ua.key, ua.value_json).where(
+        ua.study_id == study_id, ua.key.in_([A.CONTROL, A.ABORTED]))).all())
+    if rows.get(A.ABORTED) not in (None, "null", '""'):
+        return "aborted"
+    control = json.loads(rows[A.CONTROL]) if rows.get(A.CONTROL) else None
+    return control.get("state") if isinstance(control, dict) else None
+
+
 # ---------------------------------------------------------------------------- trials
 
 

@@ -63,7 +63,9 @@ class Claimed:
 
 def claim(study: optuna.Study, run_attrs: dict[str, Any] | None = None) -> Claimed | None:
     """Take a WAITING trial (retries and grid points first), else a budget slot; None when
-    there is neither. The claim, its first heartbeat and ``run_attrs`` are one transaction."""
+    there is neither, or the study is paused, stopped or aborted (read in the same
+    transaction, so no trial starts after ``tuner-service pause`` returned). The claim, its
+    first heartbeat and ``run_attrs`` are one transaction."""
     storage, study_id = study._storage, study._study_id
     run_attrs = dict(run_attrs or {})
     _sql.ensure_budget_table(storage)
@@ -71,7 +73,10 @@ def claim(study: optuna.Study, run_attrs: dict[str, Any] | None = None) -> Claim
         with _sql.read(storage) as s:
             candidates = _sql.waiting_ids(s, study_id)
         for trial_id in candidates:
-            if _claim_waiting(storage, trial_id, run_attrs):
+            got = _claim_waiting(storage, trial_id, run_attrs)
+            if got is None:
+                return None  # paused, stopped or aborted
+            if got:
                 return _claimed(study, trial_id)
         if not candidates:
             break
@@ -80,12 +85,15 @@ def claim(study: optuna.Study, run_attrs: dict[str, Any] | None = None) -> Claim
     return None if trial_id is None else _claimed(study, trial_id)
 
 
-def _claim_waiting(storage: Any, trial_id: int, run_attrs: dict[str, Any]) -> bool:
+def _claim_waiting(storage: Any, trial_id: int, run_attrs: dict[str, Any]) -> bool | None:
+    """True: claimed; False: another driver took it first; None: the study takes no trial now."""
     with _sql.transaction(storage) as s:
         failpoint("claim.waiting.begin")
         trial = _sql.lock_trial(s, trial_id)
         if trial is None or trial.state != TrialState.WAITING:
             return False
+        if _sql.claims_blocked(s, trial.study_id):
+            return None
         trial.state = TrialState.RUNNING
         trial.datetime_start = dt.datetime.now()
         failpoint("claim.waiting.running")
@@ -99,7 +107,7 @@ def _claim_waiting(storage: Any, trial_id: int, run_attrs: dict[str, Any]) -> bo
 def _claim_slot(storage: Any, study_id: int, run_attrs: dict[str, Any]) -> int | None:
     with _sql.transaction(storage) as s:
         failpoint("claim.slot.begin")
-        if not _sql.take_slot(s, study_id):
+        if _sql.claims_blocked(s, study_id) or not _sql.take_slot(s, study_id):
             return None
         failpoint("claim.slot.taken")
         trial = _sql.new_trial(s, storage, study_id, TrialState.RUNNING)

@@ -1,0 +1,96 @@
+"""The agents' registry: which agents run, where, on which studies, and whether to drain.
+
+A second table of ours beside the budget counter, ``tuner_service_agents``: one row per
+running agent, refreshed every few seconds (``last_seen``), so ``tuner-service status`` can
+say which machines serve a study and ``tuner-service agent --drain`` can ask a running agent
+(on any machine) to finish its trials, take no new ones and exit. A row whose ``last_seen`` is
+old belongs to an agent that died; readers ignore it and the next agent start clears it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sqlalchemy import Boolean, Column, Float, Integer, MetaData, String, Table, Text, delete, insert, select, update
+
+from tuner_service.queries import AGENT_GONE_SECONDS
+from tuner_service.storage import rdb
+
+#: An agent refreshes its row this often (seconds) ...
+BEAT_SECONDS = 5.0
+#: ... and a row older than this is an agent that is gone (the read commands use it too).
+GONE_SECONDS = AGENT_GONE_SECONDS
+
+AGENTS = Table(
+    "tuner_service_agents", MetaData(),
+    Column("agent_id", String(64), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("slots", Integer, nullable=False),
+    Column("studies", Text, nullable=False),  # JSON list of the studies its slots run now
+    Column("started_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("drain", Boolean, nullable=False, default=False),
+)
+_READY: set[int] = set()
+
+
+def _engine(storage: Any) -> Any:
+    engine = rdb(storage).engine
+    if id(engine) not in _READY:
+        from sqlalchemy import inspect
+        from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+        try:
+            AGENTS.metadata.create_all(engine, checkfirst=True)
+        except (IntegrityError, ProgrammingError, OperationalError):
+            if not inspect(engine).has_table(AGENTS.name):  # several agents raced to create it; one won
+                raise
+        _READY.add(id(engine))
+    return engine
+
+
+def beat(storage: Any, agent_id: str, *, host: str, pid: int, slots: int, studies: list[str],
+         started_at: float) -> bool:
+    """Insert or refresh this agent's row; returns whether somebody asked it to drain."""
+    now = time.time()
+    values = {"host": host, "pid": pid, "slots": slots, "studies": json.dumps(sorted(set(studies))),
+              "last_seen": now}
+    with _engine(storage).begin() as conn:
+        done = conn.execute(update(AGENTS).where(AGENTS.c.agent_id == agent_id).values(**values)).rowcount
+        if not done:
+            conn.execute(delete(AGENTS).where(AGENTS.c.last_seen < now - GONE_SECONDS))
+            conn.execute(insert(AGENTS).values(agent_id=agent_id, started_at=started_at, drain=False, **values))
+            return False
+        return bool(conn.execute(select(AGENTS.c.drain).where(AGENTS.c.agent_id == agent_id)).scalar())
+
+
+def leave(storage: Any, agent_id: str) -> None:
+    with _engine(storage).begin() as conn:
+        conn.execute(delete(AGENTS).where(AGENTS.c.agent_id == agent_id))
+
+
+def request_drain(storage: Any, host: str | None = None) -> list[dict[str, Any]]:
+    """Ask the live agents on ``host`` (every host: None) to drain; returns the agents asked."""
+    live = [a for a in agents(storage) if host is None or a["host"] == host]
+    with _engine(storage).begin() as conn:
+        for a in live:
+            conn.execute(update(AGENTS).where(AGENTS.c.agent_id == a["agent_id"]).values(drain=True))
+    return live
+
+
+def agents(storage: Any) -> list[dict[str, Any]]:
+    """The live agents (seen within ``GONE_SECONDS``), oldest first."""
+    from tuner_service._rdb import _READING
+
+    cutoff = time.time() - GONE_SECONDS
+    token = _READING.set(True)  # SQLite: a read needs no write lock
+    try:
+        with _engine(storage).connect() as conn:
+            rows = conn.execute(select(AGENTS).where(AGENTS.c.last_seen >= cutoff)
+                                .order_by(AGENTS.c.started_at)).all()
+    finally:
+        _READING.reset(token)
+    return [{**row._asdict(), "studies": json.loads(row.studies)} for row in rows]

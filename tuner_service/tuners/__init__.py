@@ -43,6 +43,19 @@ class HyperbandOptions(_Options):
     sampler: Literal["random", "tpe"] = "random"
 
 
+class BOHBOptions(_Options):
+    factor: int = Field(3, ge=2)
+    min_epochs: int = Field(1, ge=1)
+    hyperband_iterations: int = Field(1, ge=1)
+    n_startup_trials: int = Field(10, ge=0)
+
+
+class NSGA2Options(_Options):
+    population_size: int = Field(50, ge=2)
+    mutation_prob: float | None = Field(None, ge=0, le=1)
+    crossover_prob: float = Field(0.9, ge=0, le=1)
+
+
 class BayesianOptions(_Options):
     num_initial_points: int | None = Field(None, ge=1, description="default: 3 x number of hyperparameters")
     alpha: float = Field(1e-4, gt=0)
@@ -63,6 +76,8 @@ class Tuner:
     build: Callable[[StudySpec, int], tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]]
     summary: str
     prepare: str | None = None
+    #: How many objectives it optimises: 1, or None for any number (a Pareto front).
+    max_objectives: int | None = None
 
 
 def _random(spec: StudySpec, worker: int) -> tuple[Any, Any]:
@@ -71,10 +86,11 @@ def _random(spec: StudySpec, worker: int) -> tuple[Any, Any]:
     return TrialSeededRandomSampler(spec.seed), optuna.pruners.NopPruner()
 
 
-def _tpe_sampler(spec: StudySpec, worker: int) -> Any:
+def _tpe_sampler(spec: StudySpec, worker: int, **overrides: Any) -> Any:
     import optuna
 
-    o = TPEOptions(**spec.tuner.options)
+    known = {k: v for k, v in spec.tuner.options.items() if k in TPEOptions.model_fields}
+    o = TPEOptions(**{**known, **overrides})
     return optuna.samplers.TPESampler(
         n_startup_trials=o.n_startup_trials,
         multivariate=o.multivariate,
@@ -84,25 +100,50 @@ def _tpe_sampler(spec: StudySpec, worker: int) -> Any:
     )
 
 
+def _unique_tpe(spec: StudySpec, worker: int, **tpe: Any) -> Any:
+    """The service's TPE: no trial repeats another's parameter set while unseen points exist
+    (parallel workers included; see ``tuners/_unique.py``)."""
+    from tuner_service.tuners._unique import UniqueSampler
+
+    return UniqueSampler(_tpe_sampler(spec, worker, **tpe), seed=(spec.seed + 7919 * worker) % 2**32)
+
+
 def _tpe(spec: StudySpec, worker: int) -> tuple[Any, Any]:
     import optuna
 
-    from tuner_service.tuners._unique import UniqueSampler
+    return _unique_tpe(spec, worker), optuna.pruners.NopPruner()
 
-    # No trial repeats another's parameter set while unseen points exist (parallel workers included).
-    sampler = UniqueSampler(_tpe_sampler(spec, worker), seed=(spec.seed + 7919 * worker) % 2**32)
-    return sampler, optuna.pruners.NopPruner()
+
+def _hyperband_pruner(spec: StudySpec, factor: int, min_epochs: int) -> Any:
+    import optuna
+
+    return optuna.pruners.HyperbandPruner(min_resource=min_epochs, max_resource=spec.budget.max_epochs or spec.epochs,
+                                          reduction_factor=factor)
 
 
 def _hyperband(spec: StudySpec, worker: int) -> tuple[Any, Any]:
+    o = HyperbandOptions(**spec.tuner.options)
+    sampler = _unique_tpe(spec, worker) if o.sampler == "tpe" else TrialSeededRandomSampler(spec.seed)
+    return sampler, _hyperband_pruner(spec, o.factor, o.min_epochs)
+
+
+def _bohb(spec: StudySpec, worker: int) -> tuple[Any, Any]:
+    """BOHB (Falkner et al. 2018) as Optuna builds it: Hyperband's early stopping with a TPE
+    model of where good configurations are, here the service's TPE (unique across workers)."""
+    o = BOHBOptions(**spec.tuner.options)
+    sampler = _unique_tpe(spec, worker, n_startup_trials=o.n_startup_trials)
+    return sampler, _hyperband_pruner(spec, o.factor, o.min_epochs)
+
+
+def _nsga2(spec: StudySpec, worker: int) -> tuple[Any, Any]:
     import optuna
 
-    o = HyperbandOptions(**spec.tuner.options)
-    pruner = optuna.pruners.HyperbandPruner(
-        min_resource=o.min_epochs, max_resource=spec.budget.max_epochs or spec.epochs, reduction_factor=o.factor
+    o = NSGA2Options(**spec.tuner.options)
+    sampler = optuna.samplers.NSGAIISampler(
+        population_size=o.population_size, mutation_prob=o.mutation_prob, crossover_prob=o.crossover_prob,
+        seed=(spec.seed + 7919 * worker) % 2**32,
     )
-    sampler = _tpe_sampler(spec, worker) if o.sampler == "tpe" else TrialSeededRandomSampler(spec.seed)
-    return sampler, pruner
+    return sampler, optuna.pruners.NopPruner()
 
 
 def _bayesian(spec: StudySpec, worker: int) -> tuple[Any, Any]:
@@ -119,9 +160,14 @@ def _bayesian(spec: StudySpec, worker: int) -> tuple[Any, Any]:
 
 TUNERS: dict[str, Tuner] = {
     "random": Tuner(RandomOptions, _random, "random search (Optuna RandomSampler)"),
-    "tpe": Tuner(TPEOptions, _tpe, "Tree-structured Parzen Estimator, multivariate, constant liar, unique points"),
-    "hyperband": Tuner(HyperbandOptions, _hyperband, "Hyperband pruning with epochs as the resource"),
-    "bayesian": Tuner(BayesianOptions, _bayesian, "Gaussian-process Bayesian optimisation (UCB), like keras-tuner's"),
+    "tpe": Tuner(TPEOptions, _tpe, "Tree-structured Parzen Estimator (multi-objective: MOTPE), multivariate, "
+                                   "constant liar, unique points"),
+    "hyperband": Tuner(HyperbandOptions, _hyperband, "Hyperband pruning with epochs as the resource",
+                       max_objectives=1),
+    "bohb": Tuner(BOHBOptions, _bohb, "Hyperband pruning + the service's TPE (BOHB)", max_objectives=1),
+    "bayesian": Tuner(BayesianOptions, _bayesian, "Gaussian-process Bayesian optimisation (UCB), like keras-tuner's",
+                      max_objectives=1),
+    "nsga2": Tuner(NSGA2Options, _nsga2, "NSGA-II genetic search for Pareto fronts (constraint-aware)"),
 }
 
 
@@ -165,8 +211,8 @@ def planned_trials(spec: StudySpec) -> int:
     """The study's trial budget; Hyperband without max_trials runs keras-tuner's count."""
     if spec.budget.max_trials is not None:
         return spec.budget.max_trials
-    if spec.tuner.name == "hyperband":
-        o = HyperbandOptions(**spec.tuner.options)
+    if spec.tuner.name in ("hyperband", "bohb"):
+        o = HyperbandOptions(**{k: v for k, v in spec.tuner.options.items() if k in HyperbandOptions.model_fields})
         return o.hyperband_iterations * hyperband_bracket_trials(spec.budget.max_epochs or spec.epochs, o.factor,
                                                                  o.min_epochs)
     planner = getattr(get(spec.tuner.name), "planned_trials", None)

@@ -82,4 +82,5 @@ tuners.register("grid", tuners.Tuner(
     lambda spec, worker: _grid_sampler_pruner(),
     "GridSearchCV through SciKeras: one trial per grid point, cross-validated",
     prepare="tuner_service.runners.grid:prepare",
+    max_objectives=1,  # GridSearchCV's mean CV score
 ))

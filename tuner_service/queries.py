@@ -54,18 +54,28 @@ class TrialRecord:
     trial_id: int
     number: int
     state: str  # COMPLETE | PRUNED | FAIL | RUNNING | WAITING
-    value: float | None = None
+    values: list[float | None] | None = None  # one per objective
     params: dict[str, Any] = field(default_factory=dict)
     user_attrs: dict[str, Any] = field(default_factory=dict)
     retry_history: list[int] = field(default_factory=list)  # earlier attempts' numbers (Optuna's convention)
     duration_s: float | None = None
+    constraints: dict[str, float] = field(default_factory=dict)  # Optuna's: feasible when every one <= 0
+
+    @property
+    def value(self) -> float | None:
+        """The first objective's value."""
+        return self.values[0] if self.values else None
+
+    @property
+    def feasible(self) -> bool:
+        return all(v <= 0 for v in self.constraints.values())
 
 
 @dataclass
 class StudyRecord:
     study_id: int
     name: str
-    direction: str  # "maximize" | "minimize"
+    directions: list[str]  # "maximize" | "minimize", one per objective
     user_attrs: dict[str, Any]
     trials: list[TrialRecord]
     remaining: int  # budget slots not started (tuner_service_budget)
@@ -73,8 +83,23 @@ class StudyRecord:
     agents: list[dict[str, Any]] = field(default_factory=list)  # live agents whose slots run this study
 
     @property
+    def direction(self) -> str:
+        """The first objective's direction (a single-objective study's only one)."""
+        return self.directions[0]
+
+    @property
     def maximize(self) -> bool:
         return self.direction == "maximize"
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.directions) > 1
+
+    def objective_names(self) -> list[str]:
+        spec = self.user_attrs.get(SPEC_ATTR) or {}
+        names = [(spec.get("objective") or {}).get("name") or "value"]
+        names += [o.get("name") for o in spec.get("more_objectives") or []]
+        return names + [f"objective_{i}" for i in range(len(names), len(self.directions))]
 
 
 # ---------------------------------------------------------------------------- answers
@@ -90,7 +115,7 @@ def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:
         rows.append({
             "name": s.name,
             "tuner": s.user_attrs.get("tuner"),
-            "direction": s.direction,
+            "direction": ", ".join(s.directions),
             "complete": c.complete, "pruned": c.pruned, "failed": c.failed,
             "running": c.running, "waiting": c.waiting + s.remaining,
             "best_value": c.best.value if c.best else None,
@@ -104,7 +129,6 @@ def status(name: str, storage_url: str | None = None) -> dict[str, Any]:
     with _open(storage_url) as reader:
         s = reader.study(name, attr_keys=(A.FAIL_REASON,))
     c = Counts.of(s)
-    spec = s.user_attrs.get(SPEC_ATTR) or {}
     control = s.user_attrs.get(A.CONTROL)
     control_state = control.get("state") if isinstance(control, dict) else None
     state = ("aborted" if s.user_attrs.get(ABORTED_ATTR)
@@ -114,7 +138,7 @@ def status(name: str, storage_url: str | None = None) -> dict[str, Any]:
         "study": name,
         "state": state,
         "tuner": s.user_attrs.get("tuner"),
-        "objective": f"{(spec.get('objective') or {}).get('name')} ({s.direction})",
+        "objective": ", ".join(f"{n} ({d})" for n, d in zip(s.objective_names(), s.directions)),
         "complete": c.complete, "pruned": c.pruned, "failed": c.failed, "retried": c.retried,
         "running": c.running, "waiting": c.waiting + s.remaining,
         "best_value": c.best.value if c.best else None,
@@ -140,14 +164,19 @@ def status(name: str, storage_url: str | None = None) -> dict[str, Any]:
 
 
 def best(name: str, storage_url: str | None = None, *, study: optuna.Study | None = None) -> dict[str, Any]:
-    """The best completed trial (ties: the earliest): value, params, number, best epoch, attrs."""
+    """The best completed feasible trial (ties: the earliest): value, params, number, best epoch,
+    attrs. A multi-objective study's answer is its Pareto front (:func:`front`)."""
     if study is not None:
         s = _record_from_study(study)
+        if s.multi_objective:
+            return front(s, name)
         t = _best_of(s, name)
         attrs = t.user_attrs
     else:
         with _open(storage_url) as reader:
-            s = reader.study(name, attr_keys=())
+            s = reader.study(name, attr_keys=(A.BEST_EPOCH,))
+            if s.multi_objective:
+                return front(s, name)
             t = _best_of(s, name)
             attrs = reader.trial_user_attrs(t.trial_id)
     spec = s.user_attrs.get(SPEC_ATTR) or {}
@@ -167,7 +196,42 @@ def _best_of(s: StudyRecord, name: str) -> TrialRecord:
     done = [t for t in s.trials if t.state == "COMPLETE" and t.value is not None]
     if not done:
         raise BadInput(f"study {name!r} has no completed trial yet; run a worker or wait for one")
-    return sorted(done, key=lambda t: (_signed(t.value, s.maximize), t.number))[0]
+    feasible = [t for t in done if t.feasible]
+    if not feasible:
+        raise BadInput(f"study {name!r} has no trial that meets its constraints yet ({len(done)} completed, every "
+                       "one infeasible); loosen constraints: or run more trials")
+    return sorted(feasible, key=lambda t: (_signed(t.value, s.maximize), t.number))[0]
+
+
+def pareto_front(s: StudyRecord) -> list[TrialRecord]:
+    """The completed feasible trials no other completed feasible trial dominates (better or
+    equal in every objective, better in one), by trial number; as Optuna's ``best_trials``."""
+    done = [t for t in s.trials if t.state == "COMPLETE" and t.values and t.feasible
+            and all(v is not None for v in t.values)]
+    signs = [-1.0 if d == "maximize" else 1.0 for d in s.directions]
+    keyed = [(t, [sign * float(v) for sign, v in zip(signs, t.values)]) for t in done]  # type: ignore[arg-type]
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+    return [t for t, k in keyed if not any(dominates(o, k) for _, o in keyed)]
+
+
+def front(s: StudyRecord, name: str) -> dict[str, Any]:
+    """A multi-objective study's answer: its Pareto front, best first by the first objective."""
+    trials = pareto_front(s)
+    if not trials:
+        raise BadInput(f"study {name!r} has no completed trial that meets its constraints yet; run a worker or "
+                       "wait for one")
+    names = s.objective_names()
+    trials.sort(key=lambda t: (_signed(t.value, s.maximize), t.number))
+    return {
+        "study": name,
+        "objectives": names,
+        "directions": list(s.directions),
+        "front": [{"number": t.number, "values": dict(zip(names, t.values or [])), "params": t.params,
+                   "best_epoch": t.user_attrs.get(A.BEST_EPOCH)} for t in trials],
+    }
 
 
 def trials(name: str, storage_url: str | None = None, *, top: int | None = None) -> list[dict[str, Any]]:
@@ -176,14 +240,14 @@ def trials(name: str, storage_url: str | None = None, *, top: int | None = None)
         s = reader.study(name, attr_keys=ROW_ATTRS)
     chosen = s.trials
     if top is not None:
-        done = [t for t in chosen if t.state == "COMPLETE" and t.value is not None]
+        done = [t for t in chosen if t.state == "COMPLETE" and t.value is not None and t.feasible]
         chosen = sorted(done, key=lambda t: (_signed(t.value, s.maximize), t.number))[:top]
     return [trial_row(t) for t in chosen]
 
 
 def trial_row(t: TrialRecord) -> dict[str, Any]:
     a = t.user_attrs
-    return {
+    row = {
         "number": t.number,
         "state": t.state,
         "value": None if t.value is None or not math.isfinite(t.value) else t.value,
@@ -196,6 +260,11 @@ def trial_row(t: TrialRecord) -> dict[str, Any]:
         "pid": a.get("pid"),
         "fail_reason": a.get("fail_reason"),
     }
+    if t.values and len(t.values) > 1:
+        row["values"] = t.values
+    if t.constraints:
+        row["feasible"] = t.feasible
+    return row
 
 
 def cv_results(name: str, storage_url: str | None = None) -> list[dict[str, Any]] | None:
@@ -255,8 +324,9 @@ class Counts:
         for t in s.trials:
             if t.state == "COMPLETE":
                 c.complete += 1
-                if t.value is not None and (c.best is None or c.best.value is None
-                                            or _signed(t.value, s.maximize) < _signed(c.best.value, s.maximize)):
+                if t.value is not None and t.feasible and (
+                        c.best is None or c.best.value is None
+                        or _signed(t.value, s.maximize) < _signed(c.best.value, s.maximize)):
                     c.best = t
             elif t.state == "PRUNED":
                 c.pruned += 1
@@ -350,9 +420,11 @@ def _open(storage_url: str | None) -> Iterator[_Reader]:
 class _SqlReader(_Reader):
     """Plain SQL on Optuna's tables; ``execute(sql, params)`` is sqlite3's or SQLAlchemy's."""
 
-    def __init__(self, execute: Callable[[str, dict[str, Any]], list[Any]], close: Callable[[], None]) -> None:
+    def __init__(self, execute: Callable[[str, dict[str, Any]], list[Any]], close: Callable[[], None],
+                 savepoint: Callable[[], Any] | None = None) -> None:
         self._execute = execute
         self.close = close  # type: ignore[method-assign]
+        self._savepoint = savepoint  # PostgreSQL: a failed query must not abort the reader's transaction
 
     @classmethod
     def connect(cls, url: str) -> _SqlReader | None:
@@ -382,10 +454,21 @@ class _SqlReader(_Reader):
             connection.close()
             engine.dispose()
 
-        return cls(lambda sql, params: connection.execute(text(sql), params).fetchall(), close)
+        return cls(lambda sql, params: connection.execute(text(sql), params).fetchall(), close, connection.begin_nested)
 
     def _rows(self, sql: str, **params: Any) -> list[Any]:
         return list(self._execute(sql, params))
+
+    def _rows_if_table(self, sql: str, **params: Any) -> list[Any] | None:
+        """``_rows``, or None when a table it reads does not exist (our tables are created on
+        first use: no agent, no budget yet)."""
+        try:
+            if self._savepoint is None:
+                return self._rows(sql, **params)
+            with self._savepoint():
+                return self._rows(sql, **params)
+        except Exception:
+            return None
 
     def schema_known(self) -> bool:
         try:
@@ -420,8 +503,8 @@ class _SqlReader(_Reader):
         refusals = {k.removeprefix(REFUSED_PREFIX): json.loads(v)["reason"] for k, v in self._rows(
             "SELECT key, value_json FROM study_system_attributes WHERE study_id = :sid AND key LIKE :prefix",
             sid=sid, prefix=f"{REFUSED_PREFIX}%") if json.loads(v)}
-        return StudyRecord(sid, name, str(direction[0][0]).lower() if direction else "minimize", attrs, trials,
-                           self._remaining(sid), refusals, self._agents(name))
+        directions = [str(d[0]).lower().removeprefix("studydirection.") for d in direction] or ["minimize"]
+        return StudyRecord(sid, name, directions, attrs, trials, self._remaining(sid), refusals, self._agents(name))
 
     def _trials(self, sid: int, attr_keys: Sequence[str]) -> list[TrialRecord]:
         by_id: dict[int, TrialRecord] = {}
@@ -429,10 +512,12 @@ class _SqlReader(_Reader):
                 "SELECT trial_id, number, state, datetime_start, datetime_complete FROM trials "
                 "WHERE study_id = :sid ORDER BY trial_id", sid=sid):
             by_id[tid] = TrialRecord(tid, number, str(state), duration_s=_duration(start, complete))
-        for tid, value, value_type in self._rows(
-                "SELECT v.trial_id, v.value, v.value_type FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id "
-                "WHERE t.study_id = :sid AND v.objective = 0", sid=sid):
-            by_id[tid].value = _trial_value(value, str(value_type))
+        for tid, objective, value, value_type in self._rows(
+                "SELECT v.trial_id, v.objective, v.value, v.value_type FROM trial_values v "
+                "JOIN trials t ON t.trial_id = v.trial_id WHERE t.study_id = :sid ORDER BY v.objective", sid=sid):
+            values = by_id[tid].values = by_id[tid].values or []
+            values += [None] * (int(objective) + 1 - len(values))
+            values[int(objective)] = _trial_value(value, str(value_type))
         for tid, pname, pvalue, dist in self._rows(
                 "SELECT p.trial_id, p.param_name, p.param_value, p.distribution_json FROM trial_params p "
                 "JOIN trials t ON t.trial_id = p.trial_id WHERE t.study_id = :sid ORDER BY p.param_id", sid=sid):
@@ -448,25 +533,26 @@ class _SqlReader(_Reader):
                 "SELECT a.trial_id, a.value_json FROM trial_system_attributes a JOIN trials t ON t.trial_id = a.trial_id "
                 "WHERE t.study_id = :sid AND a.key = :key", sid=sid, key=A.RETRY_HISTORY):
             by_id[tid].retry_history = list(json.loads(value) or [])
+        for tid, key, value in self._rows(
+                "SELECT a.trial_id, a.key, a.value_json FROM trial_system_attributes a "
+                "JOIN trials t ON t.trial_id = a.trial_id WHERE t.study_id = :sid AND (a.key = 'constraints' "
+                "OR a.key LIKE 'constraints:%')", sid=sid):
+            by_id[tid].constraints.update(_constraints({key: json.loads(value)}))
         return list(by_id.values())
 
     def _agents(self, name: str) -> list[dict[str, Any]]:
         """Live agents (``tuner_service.registry``) whose slots run study ``name`` now."""
         import time
 
-        try:
-            rows = self._rows("SELECT host, pid, slots, studies, last_seen FROM tuner_service_agents "
-                              "WHERE last_seen >= :cutoff ORDER BY started_at", cutoff=time.time() - AGENT_GONE_SECONDS)
-        except Exception:  # no agent ever ran against this database
-            return []
+        rows = self._rows_if_table("SELECT host, pid, slots, studies, last_seen FROM tuner_service_agents "
+                                   "WHERE last_seen >= :cutoff ORDER BY started_at",
+                                   cutoff=time.time() - AGENT_GONE_SECONDS) or []
         return [{"host": h, "pid": p, "slots": n, "last_seen": seen} for h, p, n, studies, seen in rows
                 if name in json.loads(studies)]
 
     def _remaining(self, sid: int) -> int:
-        try:
-            rows = self._rows("SELECT remaining FROM tuner_service_budget WHERE study_id = :sid", sid=sid)
-        except Exception:  # no budget table: a study made by plain Optuna or keras_tuner
-            return 0
+        # No budget table: a study made by plain Optuna.
+        rows = self._rows_if_table("SELECT remaining FROM tuner_service_budget WHERE study_id = :sid", sid=sid)
         return int(rows[0][0]) if rows else 0
 
 
@@ -498,9 +584,10 @@ class _OptunaReader(_Reader):
 def _record_from_trial(t: Any) -> TrialRecord:
     return TrialRecord(
         trial_id=t._trial_id, number=t.number, state=t.state.name,
-        value=t.values[0] if t.values else None, params=dict(t.params), user_attrs=dict(t.user_attrs),
+        values=list(t.values) if t.values else None, params=dict(t.params), user_attrs=dict(t.user_attrs),
         retry_history=list(t.system_attrs.get(A.RETRY_HISTORY) or []),
         duration_s=t.duration.total_seconds() if t.duration is not None else None,
+        constraints=_constraints(t.system_attrs),
     )
 
 
@@ -521,11 +608,23 @@ def _record_from_study(study: optuna.Study) -> StudyRecord:
         serving = [a for a in agents(study._storage) if study.study_name in a["studies"]]
     except Exception:  # not an RDB storage
         serving = []
-    return StudyRecord(study._study_id, study.study_name, study.directions[0].name.lower(), dict(study.user_attrs),
-                       trials, remaining, refusals, serving)
+    return StudyRecord(study._study_id, study.study_name, [d.name.lower() for d in study.directions],
+                       dict(study.user_attrs), trials, remaining, refusals, serving)
 
 
 # ---------------------------------------------------------------------------- Optuna's encodings
+
+
+def _constraints(system_attrs: dict[str, Any]) -> dict[str, float]:
+    """Optuna's constraint values from trial system attrs: the old list (``constraints``) and
+    ``constraints:<name>`` (``Trial.set_constraint``), as Optuna reads them."""
+    out: dict[str, float] = {}
+    for i, v in enumerate(system_attrs.get("constraints") or []):
+        out[str(i)] = float(v)
+    for key, v in system_attrs.items():
+        if key.startswith("constraints:") and v is not None:
+            out[key.split(":", 1)[1]] = float(v)
+    return out
 
 
 def external_param(internal: float, distribution_json: str) -> Any:

@@ -55,17 +55,22 @@ def study_note_markdown(study: optuna.Study) -> str:
     """The study note: best configuration, retrained model, data, tuner and spec."""
     import yaml
 
+    from tuner_service.queries import _record_from_study
+
     attrs = study.user_attrs
     spec: dict[str, Any] = attrs.get("spec") or {}
-    objective = (spec.get("objective") or {}).get("name") or "value"
-    direction = study.direction.name.lower()
+    record = _record_from_study(study)
+    names = record.objective_names()
+    objectives = ", ".join(f"**{n}** ({d})" for n, d in zip(names, record.directions))
     lines = [f"## {study.study_name}", ""]
-    lines.append(f"Objective **{objective}** ({direction}); tuner **{attrs.get('tuner') or '?'}**"
+    lines.append(f"Objective{'s' if record.multi_objective else ''} {objectives}; tuner **{attrs.get('tuner') or '?'}**"
                  + (f"; submitted {attrs['submitted_at']}" if attrs.get("submitted_at") else "") + ".")
     if attrs.get("aborted"):
         lines += ["", f"**Aborted:** {attrs['aborted']}"]
-    lines += ["", "### Best configuration so far", ""]
-    lines += _best_section(study, objective)
+    if record.multi_objective:
+        lines += ["", "### Pareto front so far", ""] + _front_section(record)
+    else:
+        lines += ["", "### Best configuration so far", ""] + _best_section(record, names[0])
     if attrs.get("retrain"):
         lines += ["", "### Retrained model", ""] + _retrain_section(attrs["retrain"])
     if attrs.get("data"):
@@ -81,24 +86,42 @@ def study_note_markdown(study: optuna.Study) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _best_section(study: optuna.Study, objective: str) -> list[str]:
-    from optuna.trial import TrialState
+def _tally(record: Any) -> str:
+    from collections import Counter
 
-    trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
-    counts = {s: sum(t.state == s for t in trials) for s in TrialState}
-    tally = (f"{counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
-             f"{counts[TrialState.FAIL]} failed, {counts[TrialState.RUNNING]} running, "
-             f"{counts[TrialState.WAITING]} waiting")
-    if not done:
-        return [f"No completed trial yet ({tally})."]
-    maximize = study.direction.name == "MAXIMIZE"
-    # Ties go to the earliest trial, as tuner_service.study.best_trial does.
-    best = sorted(done, key=lambda t: ((-t.value if maximize else t.value), t.number))[0]
+    states = Counter(t.state for t in record.trials)
+    return ", ".join(f"{states[k]} {k.lower()}" for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"))
+
+
+def _best_section(record: Any, objective: str) -> list[str]:
+    """The best completed trial that meets the constraints (ties: the earliest, as ``best``)."""
+    from tuner_service.queries import Counts
+
+    best = Counts.of(record).best
+    if best is None or best.value is None or not math.isfinite(best.value):
+        return [f"No completed trial yet ({_tally(record)})."]
     epoch = best.user_attrs.get("best_epoch")
     head = (f"**{objective} = {_fmt(best.value)}** in trial #{best.number}"
-            + (f" at epoch {epoch}" if epoch else "") + f" ({tally}).")
+            + (f" at epoch {epoch}" if epoch else "") + f" ({_tally(record)}).")
     return [head, ""] + _table(("parameter", "value"), sorted(best.params.items()))
+
+
+def _front_section(record: Any) -> list[str]:
+    """A multi-objective study's Pareto front: one row per trial, its values and parameters."""
+    from tuner_service.queries import pareto_front
+
+    front = pareto_front(record)
+    if not front:
+        return [f"No completed trial that meets the constraints yet ({_tally(record)})."]
+    names = record.objective_names()
+    params = sorted({p for t in front for p in t.params})
+    header = "| trial | " + " | ".join(names + params) + " |"
+    rows = [header, "|" + "---|" * (1 + len(names) + len(params))]
+    for t in sorted(front, key=lambda t: t.number):
+        cells = [f"#{t.number}"] + [_cell(v) for v in (t.values or [])] + [_cell(t.params.get(p)) for p in params]
+        rows.append("| " + " | ".join(cells) + " |")
+    return [f"{len(front)} trial(s) on the front ({_tally(record)}); `tuner-service retrain NAME --trial N` or "
+            "`--prefer METRIC` retrains one.", ""] + rows
 
 
 def _retrain_section(retrain: dict[str, Any]) -> list[str]:

@@ -71,14 +71,20 @@ def render_report(study: optuna.Study) -> str:
     spec: dict[str, Any] = study.user_attrs.get("spec") or {}
     objective = (spec.get("objective") or {}).get("name") or "objective value"
     trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
-    maximize = study.direction.name == "MAXIMIZE"
-    ranked = sorted(done, key=lambda t: ((-t.value if maximize else t.value), t.number))
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None
+            and all(math.isfinite(v) for v in t.values)]
+    maximize = study.directions[0].name == "MAXIMIZE"
+    feasible = [t for t in done if all(v <= 0 for v in t.constraints.values())]
+    ranked = sorted(feasible, key=lambda t: ((-t.values[0] if maximize else t.values[0]), t.number))
 
     body = [f"<h1>{escape(study.study_name)}</h1>", f'<p class="sub">{escape(_subtitle(study, objective, trials))}</p>']
     body += _summary(study, ranked, objective)
     body += _best_table(ranked, objective)
     plots = _Plots()
+    if len(study.directions) > 1:
+        from tuner_service.queries import _record_from_study
+
+        body += plots.section("Pareto front", *_pareto(study, done, _record_from_study(study).objective_names()))
     body += plots.section("Optimization history", *_optimization_history(study, done, objective))
     body += plots.section("Parallel coordinates", *_parallel_coordinates(study, done, objective))
     body += plots.section("Parameter importances", *_importances(study, done, objective))
@@ -100,7 +106,8 @@ def _subtitle(study: optuna.Study, objective: str, trials: list[FrozenTrial]) ->
     states = Counter(t.state.name.lower() for t in trials)
     tally = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
     attrs = study.user_attrs
-    return (f"objective {objective} ({study.direction.name.lower()}), tuner {attrs.get('tuner') or '?'}"
+    directions = ", ".join(d.name.lower() for d in study.directions)
+    return (f"objective {objective} ({directions}), tuner {attrs.get('tuner') or '?'}"
             + (f", submitted {attrs['submitted_at']}" if attrs.get("submitted_at") else "")
             + f"; trials: {tally or 'none'}")
 
@@ -155,7 +162,7 @@ def _optimization_history(study: optuna.Study, done: list[FrozenTrial], objectiv
 
     if not done:
         return None, "No completed trial yet."
-    return lambda: plot_optimization_history(study, target_name=objective), ""
+    return lambda: plot_optimization_history(study, target=_first(study), target_name=objective), ""
 
 
 def _parallel_coordinates(study: optuna.Study, done: list[FrozenTrial], objective: str) -> _PlotSpec:
@@ -165,7 +172,7 @@ def _parallel_coordinates(study: optuna.Study, done: list[FrozenTrial], objectiv
         return None, "Needs at least two completed trials."
     if not any(t.params for t in done):
         return None, "The trials have no parameters."
-    return lambda: plot_parallel_coordinate(study, target_name=objective), ""
+    return lambda: plot_parallel_coordinate(study, target=_first(study), target_name=objective), ""
 
 
 def _importances(study: optuna.Study, done: list[FrozenTrial], objective: str) -> _PlotSpec:
@@ -175,7 +182,22 @@ def _importances(study: optuna.Study, done: list[FrozenTrial], objective: str) -
         return None, "Needs at least two completed trials."
     if len({p for t in done for p in t.params}) < 2:
         return None, "Only one parameter is tuned, so it has all the importance."
-    return lambda: plot_param_importances(study, target_name=objective), ""
+    return lambda: plot_param_importances(study, target=_first(study), target_name=objective), ""
+
+
+def _first(study: optuna.Study) -> Any:
+    """The first objective of a multi-objective study (Optuna's plots want one); None otherwise."""
+    return (lambda t: t.values[0]) if len(study.directions) > 1 else None
+
+
+def _pareto(study: optuna.Study, done: list[FrozenTrial], names: list[str]) -> _PlotSpec:
+    from optuna.visualization import plot_pareto_front
+
+    if len(study.directions) not in (2, 3):
+        return None, "A Pareto-front plot shows two or three objectives."
+    if not done:
+        return None, "No completed trial yet."
+    return lambda: plot_pareto_front(study, target_names=names), ""
 
 
 def _intermediate(study: optuna.Study, trials: list[FrozenTrial], objective: str) -> _PlotSpec:

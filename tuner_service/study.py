@@ -237,14 +237,17 @@ def resume(study: optuna.Study, spec: StudySpec) -> int:
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:
-    """The best COMPLETE trial (ties: the earliest, as Optuna and scikit-learn do)."""
-    from optuna.trial import TrialState
+    """The best COMPLETE trial that meets the study's constraints (ties: the earliest, as Optuna
+    and scikit-learn do). A multi-objective study has a front instead: see ``queries.front``."""
+    from tuner_service.queries import _best_of, _record_from_study, pareto_front
 
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    if not done:
-        raise BadInput(f"study {study.study_name!r} has no completed trial yet; run a worker or wait for one")
-    maximize = study.direction.name == "MAXIMIZE"
-    return sorted(done, key=lambda t: ((-t.value if maximize else t.value), t.number))[0]
+    record = _record_from_study(study)
+    if record.multi_objective:
+        numbers = sorted(t.number for t in pareto_front(record))
+        raise BadInput(f"study {study.study_name!r} has {len(study.directions)} objectives, so no single best trial; "
+                       f"choose one of its Pareto front {numbers} with --trial N, or --prefer METRIC")
+    number = _best_of(record, study.study_name).number
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
 def _now() -> str:

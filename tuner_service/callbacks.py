@@ -33,7 +33,6 @@ user's code::
 
 from __future__ import annotations
 
-import ast
 import inspect
 import os
 import re
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tuner_service.errors import BadInput, error_line
+from tuner_service.runners._user_code import check_code_ref
 
 if TYPE_CHECKING:
     from tuner_service.spec import FitSpec
@@ -109,34 +109,6 @@ class CallbackSpec(BaseModel):
             if isinstance(value, str) and _CODE_REF.match(value):
                 check_code_ref(value, f"{self.name}'s argument {key}")
         return self
-
-
-def check_code_ref(ref: str, what: str) -> None:
-    """``file.py:name`` names something the file defines (read, not imported); a
-    ``package.module:name`` reference is checked when it is imported."""
-    target, _, attr = ref.rpartition(":")
-    if not attr.isidentifier() or not target:
-        raise ValueError(f"{what} reference {ref!r} is not path/to/file.py:Name")
-    if not target.endswith(".py"):
-        return
-    path = Path(target)
-    if not path.is_file():
-        raise ValueError(f"{what} file {target!r} not found (paths are relative to the study file)")
-    try:
-        tree = ast.parse(path.read_text(), filename=str(path))
-    except SyntaxError as exc:
-        raise ValueError(f"{what} file {target!r} has a syntax error at line {exc.lineno}: {exc.msg}") from None
-    names: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, ast.Assign):
-            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
-        elif isinstance(node, (ast.ImportFrom, ast.Import)):
-            names.update((a.asname or a.name).split(".")[0] for a in node.names)
-    if attr not in names:
-        defined = ", ".join(sorted(n for n in names if not n.startswith("_"))) or "nothing"
-        raise ValueError(f"{what} {attr!r} not found: {path.name} defines {defined}")
 
 
 def resolve_refs(entries: list[Any], resolve: Any) -> list[Any]:

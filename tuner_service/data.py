@@ -193,8 +193,9 @@ def check_source(source: str) -> None:
     elif source.count(":") == 1 and scheme.endswith(".py"):
         if not Path(scheme).is_file():
             raise ValueError(f"data file {scheme!r} not found; write data: {{source: path/to/file.py:load_data}}")
-        if not rest.isidentifier():
-            raise ValueError(f"data function {rest!r} is not a Python name; write data: {{source: {scheme}:load_data}}")
+        from tuner_service.runners._user_code import check_code_ref
+
+        check_code_ref(source, "data function")
     else:
         raise ValueError(
             f"data source {source!r} is not understood; use sklearn:digits, keras:mnist, npz:PATH "
@@ -391,12 +392,11 @@ def _split(rows: np.ndarray, size: float, seed: int, labels: Any, what: str) -> 
         if labels is None:
             raise BadInput(f"data.{what}={size} cannot split {len(rows)} samples ({reason}); change data.{what}") from None
         values, counts = np.unique(labels, return_counts=True)
-        rare = values[counts.argmin()]
-        raise BadInput(
-            f"data.{what}: cannot stratify the labels ({reason}; class {rare!r} has {counts.min()} of "
-            f"{len(rows)} samples); give every class more samples, or set data.stratify: false "
-            "(or use float targets for regression)"
-        ) from None
+        if counts.min() < 2:
+            rare = values[counts.argmin()].item()
+            reason = f"class {rare!r} has {counts.min()} sample; a stratified split needs 2 or more of every class"
+        raise BadInput(f"data.{what}: cannot stratify the labels ({reason}); give every class more samples, or set "
+                       "data.stratify: false (or use float targets for a regression)") from None
     return np.asarray(first), np.asarray(second)
 
 

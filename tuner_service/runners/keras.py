@@ -285,6 +285,7 @@ class KerasRunner:
         cannot be built or watch a metric the model does not log, before anything is written
         to storage. Files the callbacks write go to a temporary directory, removed after."""
         import tempfile
+        import warnings
         from pathlib import Path
 
         from tuner_service import callbacks as user_callbacks
@@ -307,7 +308,10 @@ class KerasRunner:
             # (about 1 s of every submit, benchmarks/vs_keras_tuner.py), so run them eagerly.
             model.run_eagerly = True
             reporter = self._reporter_cls(None, self.spec.objective.name, self.spec.maximize, False)
-            with tempfile.TemporaryDirectory(prefix="tuner-check-") as scratch:
+            # Keras' warnings about this short fit (a monitor it cannot find) would precede the
+            # one line that says what to fix; the workers' fits show them.
+            with tempfile.TemporaryDirectory(prefix="tuner-check-") as scratch, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 self.fit(hp, model, reporter, x=_head(d.x_train, n), y=_head(d.y_train, n),
                          validation_data=(_head(d.x_val, m), _head(d.y_val, m)), epochs=1,
                          directory=Path(scratch), fit_arguments=arguments)

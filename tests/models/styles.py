@@ -46,17 +46,26 @@ def build_custom_layer(hp):
 
 
 class RecordEpochs(keras.callbacks.Callback):
-    """Appends one JSON line per epoch (its logs and the optimizer's learning rate) to ``filename``."""
+    """Appends one JSON line per epoch to ``filename``: its logs, the optimizer's learning rate
+    and the number of training batches it ran."""
 
     def __init__(self, filename="epochs.jsonl"):
         super().__init__()
         self.filename = filename
+        self.batches = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        record = {"epoch": epoch, "lr": lr, "batches": self.batches, "logs": {k: float(v) for k, v in logs.items()}}
         with open(self.filename, "a") as f:
-            f.write(json.dumps({"epoch": epoch, "lr": lr, "logs": {k: float(v) for k, v in logs.items()}}) + "\n")
+            f.write(json.dumps(record) + "\n")
 
 
 class PrintValTrainRatio(keras.callbacks.Callback):

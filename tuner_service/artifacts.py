@@ -45,8 +45,9 @@ def save(run_dir: Path, model: Any, *, spec: StudySpec, hp_values: dict[str, Any
     entries metrics.json records about them."""
     from tuner_service.data import input_signature
 
+    hyperparameters = json.dumps(hp_values, indent=2, sort_keys=True, default=_plain)
     model.save_weights(run_dir / WEIGHTS_FILE)
-    (run_dir / HYPERPARAMETERS_FILE).write_text(json.dumps(hp_values, indent=2, sort_keys=True))
+    (run_dir / HYPERPARAMETERS_FILE).write_text(hyperparameters)
     source = _copy_source(run_dir, spec.model)
     model_file: str | None = MODEL_FILE
     problem = ""
@@ -67,6 +68,14 @@ def save(run_dir: Path, model: Any, *, spec: StudySpec, hp_values: dict[str, Any
         "inputs": input_signature(x),
         "load": _how_to_load(run_dir, type(model).__name__, restore, standalone, problem),
     }
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python numbers; anything else JSON cannot hold is refused, not guessed."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise BadInput(f"hyperparameter value {value!r} ({type(value).__name__}) cannot be written to "
+                   f"{HYPERPARAMETERS_FILE}; use numbers, strings or booleans for hp values")
 
 
 def _copy_source(run_dir: Path, ref: str) -> dict[str, Any]:

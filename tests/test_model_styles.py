@@ -111,7 +111,7 @@ def test_custom_layer_in_a_functional_model_loads_through_the_model_source(workd
 
     import tuner_service
 
-    study_file = write_study(workdir, "layer", model=f"{STYLES}:build_custom_layer", budget={"max_trials": 2, "max_epochs": 1})
+    study_file = write_study(workdir, "layer", model=f"{STYLES}:build_custom_layer", budget={"max_trials": 1, "max_epochs": 1})
     out = cli("submit", study_file, "--storage", "sqlite:///t.db", cwd=workdir)
     assert out.returncode == 0, out.stdout + out.stderr
     out = cli("retrain", "layer", "--storage", "sqlite:///t.db", cwd=workdir)

@@ -252,18 +252,6 @@ def monitors(entries: list[CallbackSpec]) -> list[tuple[str, str]]:
     return found
 
 
-def writes_files(entries: list[CallbackSpec]) -> bool:
-    """Whether some callback writes under the trial's directory."""
-    for entry in entries:
-        if any(isinstance(entry.args.get(k), str) for k in PATH_ARGS):
-            return True
-        _, signature = resolve(entry)
-        if signature is not None and any(
-                isinstance(signature.parameters[k].default, str) for k in PATH_ARGS if k in signature.parameters):
-            return True
-    return False
-
-
 def trial_directory(study: str, number: int) -> Path:
     """Where trial ``number``'s callbacks write: ``$TUNER_SERVICE_TRIALS/<study>/trial-<number>``."""
     return Path(os.environ.get(TRIALS_ENV, "trials")) / study / f"trial-{number}"

@@ -126,3 +126,23 @@ def test_custom_layer_in_a_functional_model_loads_through_the_model_source(workd
     assert score["accuracy"] == pytest.approx(metrics["test_metrics"]["accuracy"], abs=1e-6)
     with pytest.raises(TypeError, match="Could not locate class 'Scale'"):
         keras.models.load_model(run / "model.keras")
+
+
+def test_inputs_and_targets_as_tuples_search_and_retrain(workdir):
+    """The form issue 18 saw fail: load_data returning ((x_wide, x_deep), (y, y))."""
+    import tuner_service
+
+    multi = MODELS / "multi_io.py"
+    study_file = write_study(workdir, "tup", model=f"{multi}:build_model", data={"source": f"{multi}:load_tuples"},
+                             objective="val_main_loss", budget={"max_trials": 1, "max_epochs": 2})
+    out = cli("submit", study_file, "--storage", "sqlite:///t.db", cwd=workdir)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = cli("retrain", "tup", "--storage", "sqlite:///t.db", cwd=workdir)
+    assert out.returncode == 0, out.stdout + out.stderr
+    run, metrics = retrained(workdir, "tup")
+    _, d = study_data(workdir, "tup")
+    assert isinstance(d.x_test, list) and len(d.x_test) == 2
+    # the batch size retrain evaluated with: Keras averages a multi-output model's per-output
+    # losses over batches, so they depend on it
+    score = tuner_service.load_model(run).evaluate(d.x_test, d.y_test, batch_size=64, return_dict=True, verbose=0)
+    assert score["main_loss"] == pytest.approx(metrics["test_metrics"]["main_loss"], rel=1e-5)

@@ -6,6 +6,11 @@ import pytest
 from conftest import MODELS, cli, write_study
 
 TINY = MODELS / "tiny.py"
+MULTI = MODELS / "multi_io.py"
+STYLES = MODELS / "styles.py"
+PLAIN = MODELS / "plain.py"
+# A two-input, two-output model with its data: change one thing per case.
+WIDE_DEEP = {"model": f"{MULTI}:build_model", "data": {"source": f"{MULTI}:load_dicts"}, "objective": "val_main_loss"}
 PASSWORD = "s3cr3t-Pa55"
 
 # (id, study fields or a raw file body, extra CLI args, text the message must contain)
@@ -45,6 +50,38 @@ CASES = [
     ("builder-raises", {"model": f"{TINY}:raises"}, [], "boom in build"),
     ("huge-model-oom", {"model": f"{TINY}:huge"}, [], "model check failed"),
     ("workers-zero", {}, ["--workers", "0"], "--workers"),
+    # data sources (issues 17 and 18)
+    ("data-function-raises", {**WIDE_DEEP, "data": {"source": f"{MULTI}:load_raises"}}, [],
+     "load_raises() in"),
+    ("data-function-missing", {**WIDE_DEEP, "data": {"source": f"{MULTI}:load_nothing"}}, [],
+     "data function 'load_nothing' not found: multi_io.py defines"),
+    ("labels-not-stratifiable", {**WIDE_DEEP, "model": f"{TINY}:build_model", "objective": "val_accuracy",
+                                 "data": {"source": f"{MULTI}:load_one_sample_class"}}, [],
+     "class 9 has 1 sample"),
+    ("inputs-sample-counts", {**WIDE_DEEP, "data": {"source": f"{MULTI}:load_mismatched_counts"}}, [],
+     "input 'wide' has 442 samples but input 'deep' has 441"),
+    ("input-names", {**WIDE_DEEP, "data": {"source": f"{MULTI}:load_wrong_keys"}}, [],
+     "the model's inputs are named wide, deep"),
+    ("grid-several-inputs", {**WIDE_DEEP, "model": f"{PLAIN}:build_model",
+                             "tuner": {"name": "grid", "param_grid": {"epochs": [1]}}}, [],
+     "use a keras-tuner style study"),
+    # objectives and fit (issue 18)
+    ("objective-per-output-missing", {**WIDE_DEEP, "objective": "val_main_accuracy"}, [],
+     "val_main_root_mean_squared_error"),
+    ("unknown-callback", {"fit": {"callbacks": ["ReduceLROnPlatea"]}}, [], "unknown Keras callback 'ReduceLROnPlatea'"),
+    ("unknown-callback-argument", {"fit": {"callbacks": [{"ReduceLROnPlateau": {"factr": 0.5}}]}}, [],
+     "ReduceLROnPlateau has no argument 'factr'"),
+    ("callback-argument-value", {"fit": {"callbacks": [{"ReduceLROnPlateau": {"factor": 1.5}}]}}, [],
+     "does not support a factor >= 1.0"),
+    ("callback-monitor-not-logged", {"fit": {"callbacks": [{"ReduceLROnPlateau": {"monitor": "val_acc"}}]}}, [],
+     "monitors 'val_acc', which the model does not log"),
+    ("callback-class-missing", {"fit": {"callbacks": [f"{STYLES}:RecordEpoch"]}}, [], "'RecordEpoch' not found"),
+    ("callback-absolute-path", {"fit": {"callbacks": [{"CSVLogger": {"filename": "/tmp/log.csv"}}]}}, [],
+     "must be a relative path"),
+    ("callbacks-in-grid", {"model": f"{PLAIN}:build_model", "fit": {"callbacks": ["TerminateOnNaN"]},
+                           "tuner": {"name": "grid", "param_grid": {"epochs": [1]}}}, [],
+     "fit.callbacks is not used by tuner grid"),
+    ("fit-validation-split", {"fit": {"validation_split": 0.1}}, [], "data.validation_split"),
 ]
 
 
@@ -81,3 +118,19 @@ def test_study_name_taken_says_how_to_resume(workdir):
     study = optuna.load_study(study_name="taken", storage="sqlite:///t.db")
     assert len(study.trials) == 1
     assert (workdir / "t.db").stat().st_size == before
+
+
+@pytest.mark.parametrize("arrays, expected", [
+    ({"features": [[0.0]] * 10, "labels": [0] * 10}, "has no x array (it has features, labels); it needs arrays x and y"),
+    ({"x_wide": [[0.0]] * 10, "x": [[0.0]] * 10, "y": [0] * 10}, "has both x and x_* arrays (it has x, x_wide, y); use x for one array"),
+], ids=["npz-without-x-and-y", "npz-x-and-x_star"])
+def test_npz_without_the_expected_keys(workdir, arrays, expected):
+    import numpy as np
+
+    np.savez(workdir / "d.npz", **{k: np.asarray(v) for k, v in arrays.items()})
+    study_file = write_study(workdir, data={"source": "npz:d.npz"})
+    out = cli("submit", study_file, "--storage", "sqlite:///t.db", cwd=workdir)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert expected in lines[0], lines[0]
+    assert list(workdir.glob("*.db*")) == []

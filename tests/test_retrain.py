@@ -46,6 +46,28 @@ def test_retrain_best_writes_a_model_whose_test_score_is_recorded(searched):
     model = keras.models.load_model(runs[0] / "model.keras")
     recomputed = model.evaluate(data.x_test, data.y_test, return_dict=True, verbose=0)
     assert recomputed["accuracy"] == pytest.approx(metrics["test_metrics"]["accuracy"], abs=1e-6)
+    # Beside it: the weights, the hyperparameters and the model source; build_model(hp) +
+    # load_weights gives the same model, and tuner_service.load_model reads the directory.
+    import sys
+
+    import tuner_service
+    from tuner_service.hp import fixed
+
+    assert metrics["restore"] == "keras" and "keras.models.load_model" in metrics["load"]
+    assert (runs[0] / metrics["model_source"]["copy"]).read_bytes() == (MODELS / "tiny.py").read_bytes()
+    hp_values = json.loads((runs[0] / metrics["hyperparameters_file"]).read_text())
+    assert {k: hp_values[k] for k in best.params} == best.params
+    sys.path.insert(0, str(MODELS))
+    try:
+        from tiny import build_model
+    finally:
+        sys.path.remove(str(MODELS))
+    rebuilt = build_model(fixed(hp_values))
+    rebuilt.load_weights(runs[0] / metrics["weights_file"])
+    by_hand = rebuilt.evaluate(data.x_test, data.y_test, return_dict=True, verbose=0)
+    assert by_hand["accuracy"] == pytest.approx(metrics["test_metrics"]["accuracy"], abs=1e-6)
+    loaded = tuner_service.load_model(runs[0]).evaluate(data.x_test, data.y_test, return_dict=True, verbose=0)
+    assert loaded["accuracy"] == pytest.approx(metrics["test_metrics"]["accuracy"], abs=1e-6)
     # Recorded in the study, shown by status.
     assert study.user_attrs["retrain"]["test_metrics"]["accuracy"] == metrics["test_metrics"]["accuracy"]
     status = json.loads(cli("status", "rt", "--storage", "sqlite:///t.db", "-f", "json", cwd=searched).stdout)[0]

@@ -6,6 +6,7 @@ The public Python API (nothing here imports Keras or TensorFlow until a trial ru
     spec = tuner_service.load_spec("studies/digits.yaml", {"budget.max_trials": 5})
     tuner_service.submit(spec, "sqlite:///tuner.db", workers=2)
     tuner_service.best("digits", "sqlite:///tuner.db")
+    model = tuner_service.load_model("models/digits/retrain-...")   # after `tuner-service retrain`
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "best", "load_spec", "retrain", "status", "submit", "trials"]
+__all__ = ["__version__", "best", "load_model", "load_spec", "retrain", "status", "submit", "trials"]
 
 
 def __getattr__(name: str) -> Any:
@@ -35,4 +36,8 @@ def __getattr__(name: str) -> Any:
         from tuner_service.retrain import retrain
 
         return retrain
+    if name == "load_model":
+        from tuner_service.artifacts import load_model
+
+        return load_model
     raise AttributeError(f"module 'tuner_service' has no attribute {name!r}")

@@ -12,8 +12,14 @@ Rules (also in the README):
   report every seed and the mean and standard deviation of each test metric. The saved model
   is the *first* seed's: picking the best on the test set would make its test score a
   selection, not an estimate.
-- **Output**: ``DIR/STUDY/retrain-<UTC timestamp>-<id>/`` with ``model.keras`` and
-  ``metrics.json``; a new directory every time, never overwritten.
+- **Output**: ``DIR/STUDY/retrain-<UTC timestamp>-<id>/`` with ``model.keras``,
+  ``model.weights.h5``, ``hyperparameters.json``, a copy of the model source and
+  ``metrics.json``; a new directory every time, never overwritten. Load it back with
+  :func:`tuner_service.load_model` (:mod:`tuner_service.artifacts`), which works for every model
+  style; ``metrics.json``'s ``load`` line says whether ``keras.models.load_model`` does too.
+- **Callbacks**: ``fit.callbacks`` are built afresh for every seed and run as in the trials,
+  writing under ``callbacks/seed-<seed>/`` of the run directory; there is no validation data
+  (train + validation is the training set), so a callback watching a ``val_*`` metric sees none.
 - The retrain is recorded in the study (user attr ``retrain``) so ``status`` and the dashboard
   show the deployed model's test score beside the search's best validation score.
 """
@@ -72,12 +78,13 @@ def retrain(
     run_dir = _new_run_dir(Path(output), study_name)
 
     study_mod.servable_spec(study)  # the model source here must be the submitted one
+    hp_values: dict[str, Any] = dict(chosen.params)
     if spec.tuner.name == "grid":
         from tuner_service.runners.grid import retrain_point
 
         fit_one = retrain_point(spec, chosen)
     else:
-        fit_one = _keras_tuner_style(spec, chosen, n_epochs, verbose)
+        fit_one = _keras_tuner_style(spec, chosen, n_epochs, verbose, run_dir, hp_values)
     results = []
     first_model = None
     for k in range(seeds):
@@ -85,11 +92,14 @@ def retrain(
         results.append({"seed": spec.seed + k, "test_metrics": test_metrics})
         if first_model is None:
             first_model = model
-    first_model.save(run_dir / "model.keras")
-    metrics = _metrics_document(study_name, spec, chosen, n_epochs, data, results, run_dir)
+    from tuner_service import artifacts
+
+    saved = artifacts.save(run_dir, first_model, spec=spec, hp_values=hp_values, x=data.x_train)
+    metrics = {**_metrics_document(study_name, spec, chosen, n_epochs, data, results, run_dir), **saved}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     record = {k: metrics[k] for k in ("test_metrics", "trial", "epochs", "trained_on", "seeds", "created_at")}
-    record["model_path"] = str(run_dir / "model.keras")
+    record["model_path"] = str(run_dir / (saved["model_file"] or saved["weights_file"]))
+    record["load"] = saved["load"]
     study.set_user_attr("retrain", record)
     _upload_artifacts(study, chosen, run_dir)
     from tuner_service.notes import write_study_note
@@ -98,7 +108,12 @@ def retrain(
     return first_model, metrics
 
 
-def _keras_tuner_style(spec: Any, chosen: Any, n_epochs: int, verbose: int) -> Any:
+def _keras_tuner_style(spec: Any, chosen: Any, n_epochs: int, verbose: int, run_dir: Path,
+                       hp_values: dict[str, Any]) -> Any:
+    """Train trial ``chosen``'s configuration on train + validation; ``hp_values`` receives
+    the values the model was built with (defaults of parameters the trial did not draw too)."""
+    from tuner_service import callbacks as user_callbacks
+    from tuner_service.errors import TrialError, TunerServiceError, error_line
     from tuner_service.runners.keras import KerasRunner
 
     runner = KerasRunner(spec)
@@ -107,6 +122,7 @@ def _keras_tuner_style(spec: Any, chosen: Any, n_epochs: int, verbose: int) -> A
     if _len(d.x_test) == 0:
         raise BadInput(f"study {spec.name!r} has no test split (data.test_split is 0); nothing to evaluate on")
     x_all, y_all = _concat(d.x_train, d.x_val), _concat(d.y_train, d.y_val)
+    fit_arguments = user_callbacks.fit_arguments(spec.fit, y_all, validation=False)
 
     def fit_one(seed: int) -> tuple[Any, dict[str, float], Any]:
         from tuner_service.hp import fixed
@@ -115,8 +131,17 @@ def _keras_tuner_style(spec: Any, chosen: Any, n_epochs: int, verbose: int) -> A
         keras.utils.set_random_seed(seed)
         hp = fixed(chosen.params)
         model = runner.build(hp)
-        runner.hypermodel.fit(hp, model, x_all, y_all, epochs=n_epochs, batch_size=spec.fit.batch_size,
-                              shuffle=spec.fit.shuffle, verbose=verbose)
+        hp_values.update(hp.values)
+        callbacks = user_callbacks.build(spec.fit.callbacks, run_dir / "callbacks" / f"seed-{seed}")
+        try:
+            runner.hypermodel.fit(hp, model, x_all, y_all, epochs=n_epochs, batch_size=spec.fit.batch_size,
+                                  shuffle=spec.fit.shuffle, callbacks=callbacks, verbose=verbose, **fit_arguments)
+        except TunerServiceError:
+            raise
+        except Exception as exc:
+            hint = ("; retrain fits on train + validation without validation data, so a callback must not "
+                    "require val_ metrics (use logs.get)") if "val_" in str(exc) else ""
+            raise TrialError(f"retrain: fit raised {error_line(exc)}{hint}") from exc
         test = model.evaluate(d.x_test, d.y_test, batch_size=spec.fit.batch_size, return_dict=True, verbose=0)
         return model, {k: float(v) for k, v in test.items()}, d
 
@@ -172,7 +197,6 @@ def _metrics_document(study_name: str, spec: Any, trial: Any, n_epochs: int, dat
         "seeds": [r["seed"] for r in results],
         "per_seed": results,
         "seed_summary": summary,
-        "model_file": "model.keras",
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
         "directory": str(run_dir),
@@ -200,18 +224,17 @@ def _upload_artifacts(study: Any, trial: Any, run_dir: Path) -> None:
     store = open_artifact_store()
     if store is None:
         return
-    for name in ("metrics.json", "model.keras"):
-        upload_trial_file(study, trial._trial_id, run_dir / name, store)
+    from tuner_service.artifacts import FILES
+
+    for name in ("metrics.json", *FILES):
+        if (run_dir / name).is_file():
+            upload_trial_file(study, trial._trial_id, run_dir / name, store)
 
 
 def _concat(a: Any, b: Any) -> Any:
-    import numpy as np
+    from tuner_service.data import tree_concat
 
-    if isinstance(a, (list, tuple)):
-        return type(a)(np.concatenate([x, y]) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
-        return {k: np.concatenate([a[k], b[k]]) for k in a}
-    return np.concatenate([a, b])
+    return tree_concat(a, b)
 
 
 def _len(x: Any) -> int:
@@ -312,4 +335,6 @@ def retrain_cli(study: str, storage: str | None, *, trial: int | None, epochs: s
         spread = m["seed_summary"][name]
         extra = f"  (mean {spread['mean']:.4f} ± {spread['std']:.4f} over {len(m['seeds'])} seeds)" if seeds > 1 else ""
         console.print(f"  test {name}: {value:.4f}{extra}")
-    console.print(f"saved {m['directory']}/model.keras and metrics.json")
+    files = ", ".join(f for f in (m["model_file"], m["weights_file"], m["hyperparameters_file"]) if f)
+    console.print(f"saved {files} and metrics.json in {m['directory']}")
+    console.print(f"load it with {m['load']}")

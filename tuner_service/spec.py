@@ -27,10 +27,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tuner_service.callbacks import CallbackSpec, resolve_refs
 from tuner_service.errors import BadInput
 
-_MAXIMIZE_HINTS = ("acc", "auc", "precision", "recall", "f1", "r2", "iou", "score")
-_MINIMIZE_HINTS = ("loss", "error", "mse", "mae", "mape", "msle", "rmse", "crossentropy", "hinge")
+_MAXIMIZE_HINTS = ("acc", "auc", "precision", "recall", "f1", "r2", "iou", "score", "similarity")
+_MINIMIZE_HINTS = ("loss", "error", "mse", "mae", "mape", "msle", "rmse", "crossentropy", "hinge", "divergence",
+                   "poisson", "cosh")
 
 
 class _Strict(BaseModel):
@@ -43,6 +45,7 @@ class DataSpec(_Strict):
     source: str = "sklearn:digits"
     validation_split: float = Field(0.2, gt=0, lt=1)
     test_split: float = Field(0.2, ge=0, lt=1)
+    stratify: bool = Field(True, description="stratify the splits of a classification task with one target")
 
     @field_validator("source")
     @classmethod
@@ -54,7 +57,9 @@ class DataSpec(_Strict):
 
 
 class ObjectiveSpec(_Strict):
-    """The metric Keras logs per epoch (``val_accuracy``, ``val_loss``...) and its direction."""
+    """The metric Keras logs per epoch and its direction: any name in the fit's logs
+    (``val_accuracy``, ``val_loss``; per output of a multi-output model ``val_<output>_loss``,
+    ``val_<output>_<metric>``), checked against what the model logs by submit's model check."""
 
     name: str = "val_accuracy"
     direction: Literal["maximize", "minimize"] | None = None
@@ -67,11 +72,14 @@ class ObjectiveSpec(_Strict):
 
 
 def infer_direction(metric: str) -> Literal["maximize", "minimize"]:
+    """From the metric's own name, read from its end: a multi-output model prefixes it with the
+    output's name (``val_error_head_accuracy`` is an accuracy), so the hint that ends last wins."""
     base = metric.lower().removeprefix("val_")
-    if any(h in base for h in _MINIMIZE_HINTS):
-        return "minimize"
-    if any(h in base for h in _MAXIMIZE_HINTS):
-        return "maximize"
+    found = [(base.rfind(h) + len(h), len(h), direction)
+             for hints, direction in ((_MINIMIZE_HINTS, "minimize"), (_MAXIMIZE_HINTS, "maximize"))
+             for h in hints if h in base]
+    if found:
+        return max(found)[2]  # type: ignore[return-value]
     raise ValueError(
         f"cannot infer whether to maximize or minimize {metric!r}; "
         "write objective: {name: ..., direction: maximize|minimize}"
@@ -114,14 +122,36 @@ class EarlyStoppingSpec(_Strict):
     patience: int = Field(2, ge=0)
     min_delta: float = 0.0
     restore_best_weights: bool = False
+    mode: Literal["auto", "min", "max"] = Field("auto", description="auto: from the metric's name, as objective:")
 
 
 class FitSpec(_Strict):
+    """``model.fit``'s arguments; callbacks and the extra arguments: :mod:`tuner_service.callbacks`."""
+
     epochs: int | None = Field(None, gt=0)
     batch_size: int = Field(32, gt=0)
     shuffle: bool = True
     early_stopping: EarlyStoppingSpec | None = None
     tensorboard: str | None = Field(None, description="directory for per-trial TensorBoard logs with HParams")
+    callbacks: list[CallbackSpec] = Field(default_factory=list, description="Keras callbacks, built per trial")
+    class_weight: dict[int, float] | Literal["balanced"] | None = None
+    steps_per_epoch: int | None = Field(None, gt=0)
+    validation_freq: int | None = Field(None, gt=0)
+    validation_steps: int | None = Field(None, gt=0)
+    validation_batch_size: int | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_here(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            moved = {"validation_split": "data.validation_split", "validation_data": "data.validation_split",
+                     "verbose": "the workers' logs (tuner-service trials NAME shows every epoch)",
+                     "x": "data.source", "y": "data.source", "sample_weight": "data.source",
+                     "initial_epoch": "checkpoints: true (a re-queued trial resumes from its last epoch)"}
+            for key, where in moved.items():
+                if key in value:
+                    raise ValueError(f"{key} is not set here; the service sets it from {where}")
+        return value
 
     @field_validator("tensorboard")
     @classmethod
@@ -147,6 +177,16 @@ class StudySpec(_Strict):
     @classmethod
     def _objective_str(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _grid_fit(self) -> StudySpec:
+        if self.tuner.name == "grid":
+            used = [k for k in ("callbacks", "class_weight", "steps_per_epoch", "validation_freq", "validation_steps",
+                                "validation_batch_size") if getattr(self.fit, k)]
+            if used:
+                raise ValueError(f"fit.{used[0]} is not used by tuner grid (GridSearchCV cross-validates the "
+                                 "SciKeras estimator); drop it, or use a keras-tuner style study (tuner: tpe)")
+        return self
 
     @model_validator(mode="after")
     def _epochs(self) -> StudySpec:
@@ -311,6 +351,9 @@ def load_spec(path: str | Path | None, overrides: dict[str, Any] | None = None) 
             data["source"] = "npz:" + _resolve_path(source[4:], base)
         elif source.count(":") == 1 and source.split(":")[0].endswith(".py"):
             data["source"] = _resolve_model_path(source, base)
+    fit = raw.get("fit")
+    if isinstance(fit, dict) and isinstance(fit.get("callbacks"), list):
+        fit["callbacks"] = resolve_refs(fit["callbacks"], lambda ref: _resolve_model_path(ref, base))
     spec = validate_spec(raw, source=str(path) if path else "spec")
     check_model_ref(spec.model)
     return spec
@@ -354,7 +397,8 @@ def validate_spec(raw: dict[str, Any], source: str = "spec") -> StudySpec:
 def format_validation_error(exc: ValidationError, raw: Any = None) -> str:
     """pydantic's error list -> one line naming the field, the bad value and the fix."""
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if p not in ("options",)) or "spec"
+    # Union members appear in the location as their type ("dict[int,float]"): not a field name.
+    loc = ".".join(str(p) for p in err["loc"] if p not in ("options",) and "[" not in str(p)) or "spec"
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         parent = _model_at(StudySpec, [p for p in err["loc"][:-1]])

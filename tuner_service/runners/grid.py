@@ -65,6 +65,7 @@ def make_estimator(spec: StudySpec, data: Any, seed: int | None = None) -> tuple
     """The SciKeras estimator for the study's builder, and the names routed into ``hp``."""
     from tuner_service.runners._scikeras import KerasClassifier, KerasRegressor
 
+    _refuse_several_arrays(data)
     options = GridOptions(**spec.tuner.options)
     obj = import_user_object(spec.model)
     hp_names: set[str] = set()
@@ -85,6 +86,19 @@ def make_estimator(spec: StudySpec, data: Any, seed: int | None = None) -> tuple
     est = cls(model=model, epochs=spec.epochs, batch_size=spec.fit.batch_size, shuffle=spec.fit.shuffle,
               verbose=0, random_state=spec.seed if seed is None else seed)
     return est, hp_names
+
+
+def _refuse_several_arrays(data: Any) -> None:
+    """GridSearchCV splits the rows of one X and one y; SciKeras has no way to route a dict or
+    list of inputs (or several targets) through it without a user-written transformer."""
+    from tuner_service.data import is_structure, leaves
+
+    for role, value in (("inputs", data.x_train), ("targets", data.y_train)):
+        if is_structure(value):
+            names = ", ".join(label for label, _ in leaves(value))
+            raise BadInput(f"tuner grid (GridSearchCV through SciKeras) takes one input array and one target array; "
+                           f"this data has {len(leaves(value))} {role} ({names}): use a keras-tuner style study "
+                           "instead (tuner: tpe, random or bayesian, with hp.Choice for the values to try)")
 
 
 def _space(hypermodel: Any) -> list[Any]:

@@ -24,6 +24,8 @@ from tuner_service.runners._user_code import as_hypermodel, import_user_object
 GC_EVERY = int(os.environ.get("TUNER_SERVICE_GC_EVERY", "10"))
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import optuna
 
     from tuner_service.data import Dataset
@@ -123,27 +125,49 @@ class KerasRunner:
             raise TrialError("build_model returned a model that is not compiled; call model.compile(...) before returning it")
         return model
 
-    def callbacks(self, reporter: Any, extra: list[Any] | None = None) -> list[Any]:
+    def callbacks(self, reporter: Any, extra: list[Any] | None = None, *, directory: Path | None = None) -> list[Any]:
+        """The fit's callbacks, built afresh: the reporter (fed only the epochs validation ran in,
+        under ``fit.validation_freq``), early stopping, the study's ``fit.callbacks`` (writing
+        under ``directory``, by default the trial's own directory) and the runner's extras."""
+        from tuner_service import callbacks as user_callbacks
+
+        fit = self.spec.fit
         cbs: list[Any] = [reporter]
-        es = self.spec.fit.early_stopping
+        if fit.validation_freq not in (None, 1):
+            cbs = [user_callbacks.only_validated_epochs(reporter, self.spec.objective.name)]
+        es = fit.early_stopping
         if es is not None:
             cbs.append(self.keras.callbacks.EarlyStopping(
                 monitor=es.monitor, patience=es.patience, min_delta=es.min_delta,
                 restore_best_weights=es.restore_best_weights,
+                mode=es.mode if es.mode != "auto" else user_callbacks.monitor_mode(es.monitor),
             ))
+        if fit.callbacks:
+            trial = getattr(reporter, "trial", None)
+            if directory is None and trial is not None:
+                directory = user_callbacks.trial_directory(self.spec.name, trial.number)
+            cbs += user_callbacks.build(fit.callbacks, directory)
         return cbs + list(extra or [])
 
     def fit(self, hp: Any, model: Any, reporter: Any, *, x: Any, y: Any, validation_data: Any,
-            epochs: int, extra_callbacks: list[Any] | None = None, verbose: int = 0) -> Any:
+            epochs: int, extra_callbacks: list[Any] | None = None, verbose: int = 0,
+            directory: Path | None = None, fit_arguments: dict[str, Any] | None = None) -> Any:
+        """``HyperModel.fit`` with the study's fit arguments (``fit_arguments`` replaces the
+        extra ones: ``class_weight``, ``steps_per_epoch``, ``validation_freq``...)."""
+        from tuner_service import callbacks as user_callbacks
+
         try:
+            if fit_arguments is None:
+                fit_arguments = user_callbacks.fit_arguments(self.spec.fit, y, validation=True)
             return self.hypermodel.fit(
                 hp, model, x, y,
                 validation_data=validation_data,
                 epochs=epochs,
                 batch_size=self.spec.fit.batch_size,
                 shuffle=self.spec.fit.shuffle,
-                callbacks=self.callbacks(reporter, extra_callbacks),
+                callbacks=self.callbacks(reporter, extra_callbacks, directory=directory),
                 verbose=verbose,
+                **fit_arguments,
             )
         except (TunerServiceError, TrialInterrupted):
             raise  # ours (incl. a storage outage while reporting) keep their meaning
@@ -256,29 +280,69 @@ class KerasRunner:
 
     def preflight(self) -> dict[str, Any]:
         """Build with default hyperparameters and fit one short epoch: catches a builder that
-        does not return a compiled model, a metric the model does not log and data the model
-        does not accept, before anything is written to storage."""
+        does not return a compiled model, a metric the model does not log, data the model
+        does not accept (inputs keyed other than the model's inputs) and callbacks that
+        cannot be built or watch a metric the model does not log, before anything is written
+        to storage. Files the callbacks write go to a temporary directory, removed after."""
+        import tempfile
+        import warnings
+        from pathlib import Path
+
+        from tuner_service import callbacks as user_callbacks
+        from tuner_service.data import check_model_io
         from tuner_service.hp import TrialHyperParameters
 
         d = self.data
         hp = TrialHyperParameters(None)
         n = min(_n(d.x_train), 2 * self.spec.fit.batch_size)
         m = min(_n(d.x_val), 64)
+        # Two batches with validation after the one epoch: the step counts and the validation
+        # frequency of the real fits do not apply to this check.
+        arguments = {k: v for k, v in user_callbacks.fit_arguments(self.spec.fit, d.y_train, validation=True).items()
+                     if k in ("class_weight", "validation_batch_size")}
         try:
             model = self.build(hp)
+            if _passes_data_through(self.hypermodel):  # a custom HyperModel.fit may reshape the data first
+                check_model_io(model, d.x_train, d.y_train)
             # Two batches: compiling the train and test steps would cost more than running them
             # (about 1 s of every submit, benchmarks/vs_keras_tuner.py), so run them eagerly.
             model.run_eagerly = True
             reporter = self._reporter_cls(None, self.spec.objective.name, self.spec.maximize, False)
-            self.fit(hp, model, reporter, x=_head(d.x_train, n), y=_head(d.y_train, n),
-                     validation_data=(_head(d.x_val, m), _head(d.y_val, m)), epochs=1)
+            # Keras' warnings about this short fit (a monitor it cannot find) would precede the
+            # one line that says what to fix; the workers' fits show them.
+            with tempfile.TemporaryDirectory(prefix="tuner-check-") as scratch, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.fit(hp, model, reporter, x=_head(d.x_train, n), y=_head(d.y_train, n),
+                         validation_data=(_head(d.x_val, m), _head(d.y_val, m)), epochs=1,
+                         directory=Path(scratch), fit_arguments=arguments)
             if reporter.epochs_run == 0:
                 self._objective(reporter, None)
         except TrialError as exc:
             raise BadInput(f"model check failed: {exc}") from None
         finally:
             self._clear_session()
+        logged = sorted(reporter.history)
+        if logged:  # empty when a custom HyperModel.fit does not pass the callbacks on
+            watched = user_callbacks.monitors(self.spec.fit.callbacks)
+            if self.spec.fit.early_stopping is not None:
+                watched.append(("fit.early_stopping", self.spec.fit.early_stopping.monitor))
+            for who, metric in watched:
+                if metric not in logged:
+                    where = who if who.startswith("fit.") else f"fit.callbacks: {who}"
+                    raise BadInput(f"{where} monitors {metric!r}, which the model does not log (it logs "
+                                   f"{', '.join(logged)}); set monitor: to one of these")
         return {"space": {k: _jsonable(v) for k, v in hp.values.items()}}
+
+
+def _passes_data_through(hypermodel: Any) -> bool:
+    """Whether ``hypermodel.fit`` hands x and y to ``model.fit`` unchanged (a plain builder, or
+    a HyperModel that does not override ``fit``)."""
+    import keras_tuner as kt
+
+    from tuner_service.runners._user_code import _FunctionHyperModel
+
+    return isinstance(hypermodel, _FunctionHyperModel) or (
+        isinstance(hypermodel, kt.HyperModel) and type(hypermodel).fit is kt.HyperModel.fit)
 
 
 def model_summary(model: Any) -> str:

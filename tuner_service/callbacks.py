@@ -257,28 +257,6 @@ def trial_directory(study: str, number: int) -> Path:
     return Path(os.environ.get(TRIALS_ENV, "trials")) / study / f"trial-{number}"
 
 
-def only_validated_epochs(reporter: Any, objective: str) -> Any:
-    """The trial's reporter, fed only the epochs that log the objective or ran validation
-    (``fit.validation_freq``): on the others Keras logs no ``val_*`` metric, which is no reason
-    to fail the trial."""
-    import keras
-
-    class OnlyValidatedEpochs(keras.callbacks.Callback):
-        def set_model(self, model: Any) -> None:
-            super().set_model(model)
-            reporter.set_model(model)
-
-        def set_params(self, params: Any) -> None:
-            super().set_params(params)
-            reporter.set_params(params)
-
-        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            if objective in (logs or {}) or any(k.startswith("val_") for k in (logs or {})):
-                reporter.on_epoch_end(epoch, logs)
-
-    return OnlyValidatedEpochs()
-
-
 def fit_arguments(fit: FitSpec, y_train: Any, *, validation: bool) -> dict[str, Any]:
     """``model.fit`` keyword arguments from ``fit:`` beyond epochs/batch_size/shuffle/callbacks
     (``validation=False``: for a fit without validation data, as in ``retrain``)."""

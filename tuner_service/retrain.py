@@ -101,7 +101,7 @@ def retrain(
     record["model_path"] = str(run_dir / (saved["model_file"] or saved["weights_file"]))
     record["load"] = saved["load"]
     study.set_user_attr("retrain", record)
-    _upload_artifacts(study, chosen, run_dir)
+    _upload_artifacts(study, chosen, run_dir, storage_url)
     from tuner_service.notes import write_study_note
 
     write_study_note(study)
@@ -216,12 +216,13 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _upload_artifacts(study: Any, trial: Any, run_dir: Path) -> None:
-    """Attach metrics and model to the source trial when an artifact store is configured."""
-    from tuner_service.dashboard import open_artifact_store
+def _upload_artifacts(study: Any, trial: Any, run_dir: Path, storage_url: str | None) -> None:
+    """Attach metrics and model to the source trial in the study's artifact store (for SQLite,
+    beside the database file unless configured otherwise: ``dashboard.default_artifact_store``)."""
+    from tuner_service.dashboard import default_artifact_store
     from tuner_service.notes import upload_trial_file
 
-    store = open_artifact_store()
+    store = default_artifact_store(storage_url)
     if store is None:
         return
     from tuner_service.artifacts import FILES

@@ -50,6 +50,9 @@ def _make_reporter(keras: Any) -> Any:
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             logs = logs or {}
+            if (self.objective.startswith("val_") and self.objective not in logs
+                    and not any(k.startswith("val_") for k in logs)):
+                return  # an epoch without validation (fit.validation_freq): nothing to judge yet
             if self.first_epoch is None:
                 self.first_epoch = epoch
             for k, v in logs.items():
@@ -126,15 +129,13 @@ class KerasRunner:
         return model
 
     def callbacks(self, reporter: Any, extra: list[Any] | None = None, *, directory: Path | None = None) -> list[Any]:
-        """The fit's callbacks, built afresh: the reporter (fed only the epochs validation ran in,
-        under ``fit.validation_freq``), early stopping, the study's ``fit.callbacks`` (writing
-        under ``directory``, by default the trial's own directory) and the runner's extras."""
+        """The fit's callbacks, built afresh: the reporter, early stopping, the study's
+        ``fit.callbacks`` (writing under ``directory``, by default the trial's own directory)
+        and the runner's extras."""
         from tuner_service import callbacks as user_callbacks
 
         fit = self.spec.fit
         cbs: list[Any] = [reporter]
-        if fit.validation_freq not in (None, 1):
-            cbs = [user_callbacks.only_validated_epochs(reporter, self.spec.objective.name)]
         es = fit.early_stopping
         if es is not None:
             cbs.append(self.keras.callbacks.EarlyStopping(

@@ -49,9 +49,17 @@ def submit(
     runner = None
     extra: dict[str, Any] = {}
     points = None
+    first: list[dict[str, Any]] = []
     if not resume:
         # Everything that can fail on user input fails here, before the database is touched.
         runner, extra, points = _preflight(spec)
+        if spec.enqueue or spec.warm_start is not None:
+            from tuner_service.warm_start import initial_points
+
+            first, warned = initial_points(spec, url, extra.pop("hyperparameters", None))
+            for line in warned:
+                _say(console, f"[yellow]warning:[/] {line}")
+        extra.pop("hyperparameters", None)
     storage = open_storage(url)
     if replace and existing is not None:
         study_mod.delete(storage, spec.name)
@@ -60,12 +68,13 @@ def submit(
         added = study_mod.resume(study, spec)
         _say(console, f"resuming study {spec.name!r}" + (f" with {added} more trial slot(s)" if added else ""))
     else:
-        study = study_mod.create(spec, storage, extra_attrs=extra, points=points)
+        study = study_mod.create(spec, storage, extra_attrs=extra, points=points, first=first)
         from tuner_service.notes import write_study_note
 
         write_study_note(study)
         _say(console, f"study [bold]{spec.name}[/] registered in {mask_password(url)}: "
-                      f"tuner {spec.tuner.name}, {tuners.planned_trials(spec) if points is None else len(points)} trials")
+                      f"tuner {spec.tuner.name}, {tuners.planned_trials(spec) if points is None else len(points)} trials"
+                      + (f", the first {len(first)} of them known configurations" if first else ""))
     if not wait:
         _say(console, f"run it with: tuner-service worker {spec.name} --storage {mask_password(url)}")
         return study
@@ -93,9 +102,10 @@ def _preflight(spec: StudySpec) -> tuple[Any, dict[str, Any], list[dict[str, Any
     from tuner_service.runners import make_runner
 
     runner = make_runner(spec)
-    runner.preflight()
+    checked = runner.preflight()
     d = runner.data
-    extra = {"data": {"source": spec.data.source, "hash": d.hash, "task": d.task, **d.sizes}}
+    extra = {"data": {"source": spec.data.source, "hash": d.hash, "task": d.task, **d.sizes},
+             "hyperparameters": checked.get("hyperparameters")}
     return runner, extra, None
 
 

@@ -71,9 +71,19 @@ class ObjectiveSpec(_Strict):
         return self
 
 
+#: Metrics the runner measures itself (besides any metric Keras logs), for objectives and
+#: constraints: the trainable parameter count, the median time of one inference batch after
+#: training (milliseconds), and the bytes of the model's weights.
+BUILTIN_METRICS: dict[str, Literal["maximize", "minimize"]] = {
+    "params": "minimize", "latency_ms": "minimize", "model_bytes": "minimize",
+}
+
+
 def infer_direction(metric: str) -> Literal["maximize", "minimize"]:
     """From the metric's own name, read from its end: a multi-output model prefixes it with the
     output's name (``val_error_head_accuracy`` is an accuracy), so the hint that ends last wins."""
+    if metric in BUILTIN_METRICS:
+        return BUILTIN_METRICS[metric]
     base = metric.lower().removeprefix("val_")
     found = [(base.rfind(h) + len(h), len(h), direction)
              for hints, direction in ((_MINIMIZE_HINTS, "minimize"), (_MAXIMIZE_HINTS, "maximize"))
@@ -161,11 +171,48 @@ class FitSpec(_Strict):
         return v
 
 
+class BoundSpec(_Strict):
+    """A constraint on one metric: ``{max: 100000}``, ``{min: 0.9}`` or both."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> BoundSpec:
+        if self.min is None and self.max is None:
+            raise ValueError("a constraint needs min:, max: or both, e.g. {max: 100000}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}; nothing could meet it")
+        return self
+
+    def violations(self, value: float) -> dict[str, float]:
+        """Optuna's constraint values for ``value``: feasible when each is <= 0."""
+        out = {}
+        if self.max is not None:
+            out["max"] = value - self.max
+        if self.min is not None:
+            out["min"] = self.min - value
+        return out
+
+
+class WarmStartSpec(_Strict):
+    """Start with the best configurations of an earlier study (``warm_start``)."""
+
+    study: str
+    top_k: int = Field(5, ge=1, le=1000)
+    storage: str | None = Field(None, description="the earlier study's storage URL; default: this study's")
+
+
 class StudySpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
     model: str
     data: DataSpec = Field(default_factory=DataSpec)
+    #: The first (or only) objective; a list in the study file makes the rest ``more_objectives``.
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+    more_objectives: list[ObjectiveSpec] = Field(default_factory=list)
+    constraints: dict[str, BoundSpec] = Field(default_factory=dict)
+    warm_start: WarmStartSpec | None = None
+    enqueue: list[dict[str, Any]] = Field(default_factory=list, description="configurations to try first")
     tuner: TunerSpec = Field(default_factory=TunerSpec)
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     fit: FitSpec = Field(default_factory=FitSpec)
@@ -173,10 +220,54 @@ class StudySpec(_Strict):
     priority: int = 0
     checkpoints: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _objective_list(cls, data: Any) -> Any:
+        # `objective: [val_accuracy, {name: params, direction: minimize}]`: several objectives.
+        if isinstance(data, dict) and isinstance(data.get("objective"), list):
+            objectives = data["objective"]
+            if not objectives:
+                raise ValueError("objective: is an empty list; name at least one metric")
+            data = {**data, "objective": objectives[0], "more_objectives": list(objectives[1:])}
+        return data
+
     @field_validator("objective", mode="before")
     @classmethod
     def _objective_str(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("more_objectives", mode="before")
+    @classmethod
+    def _objectives_str(cls, v: Any) -> Any:
+        return [{"name": o} if isinstance(o, str) else o for o in v] if isinstance(v, list) else v
+
+    @field_validator("enqueue")
+    @classmethod
+    def _enqueue_values(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for point in v:
+            for key, value in point.items():
+                if not isinstance(value, (type(None), bool, int, float, str)):
+                    raise ValueError(f"enqueue: {key}={value!r} is not a number, string, bool or null")
+        return v
+
+    @model_validator(mode="after")
+    def _known_configurations(self) -> StudySpec:
+        if self.tuner.name == "grid" and (self.enqueue or self.warm_start):
+            raise ValueError("enqueue:/warm_start: do not apply to tuner grid (it runs every grid point once); "
+                             "drop them, or use another tuner")
+        return self
+
+    @model_validator(mode="after")
+    def _objectives(self) -> StudySpec:
+        names = [o.name for o in self.objectives]
+        if len(set(names)) < len(names):
+            raise ValueError(f"objective: {names} names a metric twice; list each once")
+        limit = _tuner_objective_limit(self.tuner.name)
+        if limit is not None and len(names) > limit:
+            raise ValueError(f"tuner {self.tuner.name!r} optimises one objective, this study has {len(names)} "
+                             f"({', '.join(names)}); use tuner: tpe or nsga2 for a Pareto front, or keep one "
+                             "objective and express the others as constraints:")
+        return self
 
     @model_validator(mode="after")
     def _grid_fit(self) -> StudySpec:
@@ -206,8 +297,27 @@ class StudySpec(_Strict):
     def maximize(self) -> bool:
         return self.objective.direction == "maximize"
 
+    @property
+    def objectives(self) -> list[ObjectiveSpec]:
+        return [self.objective, *self.more_objectives]
+
+    @property
+    def directions(self) -> list[str]:
+        return [str(o.direction) for o in self.objectives]
+
+    @property
+    def builtin_metrics(self) -> set[str]:
+        """The runner's own metrics this study needs (for objectives or constraints)."""
+        return {n for n in [o.name for o in self.objectives] + list(self.constraints) if n in BUILTIN_METRICS}
+
     def to_stored(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def _tuner_objective_limit(name: str) -> int | None:
+    from tuner_service import tuners
+
+    return tuners.get(name).max_objectives
 
 
 # --------------------------------------------------------------------------- model refs
@@ -398,13 +508,13 @@ def format_validation_error(exc: ValidationError, raw: Any = None) -> str:
     """pydantic's error list -> one line naming the field, the bad value and the fix."""
     err = exc.errors()[0]
     # Union members appear in the location as their type ("dict[int,float]"): not a field name.
-    loc = ".".join(str(p) for p in err["loc"] if p not in ("options",) and "[" not in str(p)) or "spec"
+    loc = ".".join(str(p) for p in err["loc"] if p not in ("options",) and "[" not in str(p)) or ""
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         parent = _model_at(StudySpec, [p for p in err["loc"][:-1]])
         valid = ", ".join(parent.model_fields) if parent else ""
         msg = f"unknown field {err['loc'][-1]!r}" + (f"; valid fields here: {valid}" if valid else "")
-        loc = ".".join(str(p) for p in err["loc"][:-1]) or "spec"
+        loc = ".".join(str(p) for p in err["loc"][:-1]) or ""
     elif err["type"] == "missing":
         msg = "required field is missing"
     elif err["type"] == "string_pattern_mismatch" and err["loc"][-1] == "name":
@@ -415,7 +525,7 @@ def format_validation_error(exc: ValidationError, raw: Any = None) -> str:
         if "input" in err and err["type"] != "value_error" and not isinstance(err["input"], dict):
             msg = f"{msg} (got {err['input']!r})"
     more = len(exc.errors()) - 1
-    return f"{loc}: {msg}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+    return (f"{loc}: {msg}" if loc else msg) + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
 
 
 def _model_at(model: type[BaseModel], loc: list[Any]) -> type[BaseModel] | None:

@@ -65,10 +65,12 @@ def create(
     *,
     extra_attrs: dict[str, Any] | None = None,
     points: list[dict[str, Any]] | None = None,
+    first: list[dict[str, Any]] | None = None,
 ) -> optuna.Study:
     """Create the study, store the spec, and enqueue its budget; all or nothing.
 
     ``points``: fixed parameter sets (grid points) to enqueue instead of empty slots.
+    ``first``: known configurations (``enqueue:``, ``warm_start:``) tried first, in the budget.
     """
     import optuna
 
@@ -79,7 +81,7 @@ def create(
             f"study {spec.name!r} already exists; continue it with `tuner-service submit ... --resume`, "
             f"replace it with --replace, or choose another --name"
         )
-    study = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.objective.direction)
+    study = optuna.create_study(study_name=spec.name, storage=storage, directions=spec.directions)
     try:
         attrs = {
             A.SPEC: spec.to_stored(),
@@ -90,10 +92,13 @@ def create(
         }
         for key, value in attrs.items():
             study.set_user_attr(key, value)
-        study.set_metric_names([spec.objective.name])  # the dashboard labels axes with it
+        study.set_metric_names([o.name for o in spec.objectives])  # the dashboard labels axes with them
         if points is not None:
             enqueue_slots(study, len(points), points)
-        add_budget(storage, study._study_id, 0 if points is not None else tuners.planned_trials(spec))
+        elif first:
+            enqueue_slots(study, len(first), first)
+        add_budget(storage, study._study_id,
+                   0 if points is not None else tuners.planned_trials(spec) - len(first or []))
         study.set_user_attr(A.READY, True)
     except BaseException:
         delete(storage, spec.name)
@@ -217,7 +222,8 @@ def resume(study: optuna.Study, spec: StudySpec) -> int:
 
     old = stored_spec(study)
     # A grid study's objective is rewritten to the CV score at submit; the file still names its own.
-    keys = ("model", "tuner", "data") if spec.tuner.name == "grid" else ("model", "objective", "tuner", "data")
+    keys = (("model", "tuner", "data") if spec.tuner.name == "grid"
+            else ("model", "objective", "more_objectives", "constraints", "tuner", "data"))
     if spec.tuner.name == "grid":
         spec.objective = old.objective
     for key in keys:

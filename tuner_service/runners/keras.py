@@ -187,8 +187,9 @@ class KerasRunner:
         gradients_before = set(self._gradient_registry) if self._gradient_registry is not None else None
         try:
             model = self.build(hp)
-            reporter = self._reporter_cls(trial, self.spec.objective.name, self.spec.maximize, prune,
-                                          self.spec.epochs)
+            # Optuna keeps per-epoch values (learning curves, pruning) for one objective only.
+            reporter = self._reporter_cls(trial if len(self.spec.objectives) == 1 else None, self.spec.objective.name,
+                                          self.spec.maximize, prune, self.spec.epochs)
             extra_callbacks = [*(extra_callbacks or []), *self._checkpoint_callbacks(trial),
                                *self._tensorboard_callbacks(trial, hp)]
             t0 = time.perf_counter()
@@ -197,21 +198,67 @@ class KerasRunner:
                               extra_callbacks=extra_callbacks)
             fit_seconds = time.perf_counter() - t0
             value, best_epoch = self._objective(reporter, result)
+            measured = self.measure(model, self.spec.builtin_metrics)
             attrs = {
                 A.PARAM_COUNT: int(model.count_params()),
                 A.FIT_SECONDS: round(fit_seconds, 3),
                 A.TRIAL_SECONDS: round(time.perf_counter() - started, 3),
                 A.BEST_EPOCH: best_epoch,
                 A.EPOCHS_RUN: reporter.epochs_run,
+                **measured,
             }
             if reporter.first_epoch:
                 attrs[A.RESUMED_FROM_EPOCH] = reporter.first_epoch
             details = {A.HISTORY: reporter.history, A.MODEL_SUMMARY: model_summary(model)}
-            return Outcome(None if reporter.pruned else [value], reporter.pruned, attrs, details)
+            if reporter.pruned:
+                return Outcome(None, True, attrs, details)
+            values = [value] + [self._metric(o.name, reporter, best_epoch, measured) for o in self.spec.more_objectives]
+            for name, bound in self.spec.constraints.items():
+                metric = self._metric(name, reporter, best_epoch, measured)
+                details.update({f"constraints:{name}.{k}": v for k, v in bound.violations(metric).items()})
+            return Outcome(values, False, attrs, details)
         finally:
             if gradients_before is not None:
                 _forget_custom_gradients(self._gradient_registry, gradients_before)
             self._clear_session()
+
+    def _metric(self, name: str, reporter: Any, best_epoch: int | None, measured: dict[str, float]) -> float:
+        """A further objective's or a constraint's value: the runner's own measure, or the
+        metric Keras logged at the best epoch of the first objective (one model, one epoch)."""
+        if name in measured:
+            return float(measured[name])
+        series = reporter.history.get(name)
+        if not series:
+            raise TrialError(f"metric {name!r} (an objective or constraint) is not logged by the model (it logs "
+                             f"{', '.join(sorted(reporter.history)) or 'nothing'}); use one of these")
+        value = float(series[(best_epoch or len(series)) - 1] if best_epoch and best_epoch <= len(series)
+                      else series[-1])
+        if not math.isfinite(value):
+            raise TrialError(f"metric {name} is {value}; the model diverged")
+        return value
+
+    def measure(self, model: Any, names: set[str]) -> dict[str, float]:
+        """The runner's own metrics (``spec.BUILTIN_METRICS``) of a trained model: ``params``
+        (trainable parameters), ``model_bytes`` (bytes of all its weights) and ``latency_ms``
+        (the median of 7 timed inferences of one batch of validation data, after a warm-up)."""
+        import numpy as np
+
+        out: dict[str, float] = {}
+        if "params" in names:
+            out["params"] = float(sum(int(np.prod(w.shape)) for w in model.trainable_weights))
+        if "model_bytes" in names:
+            out["model_bytes"] = float(sum(int(np.prod(w.shape)) * np.dtype(str(w.dtype)).itemsize
+                                           for w in model.weights))
+        if "latency_ms" in names:
+            batch = _head(self.data.x_val, self.spec.fit.batch_size)
+            model.predict_on_batch(batch)  # the first call traces the predict function
+            times = []
+            for _ in range(7):
+                t0 = time.perf_counter()
+                model.predict_on_batch(batch)
+                times.append((time.perf_counter() - t0) * 1000)
+            out["latency_ms"] = round(float(np.median(times)), 4)
+        return out
 
     def _clear_session(self) -> None:
         """Reset Keras between trials. Keras' default also runs a full ``gc.collect()``, which
@@ -324,6 +371,13 @@ class KerasRunner:
             self._clear_session()
         logged = sorted(reporter.history)
         if logged:  # empty when a custom HyperModel.fit does not pass the callbacks on
+            from tuner_service.spec import BUILTIN_METRICS
+
+            for what, metric in [("objective", o.name) for o in self.spec.more_objectives] + [
+                    ("constraints", c) for c in self.spec.constraints]:
+                if metric not in logged and metric not in BUILTIN_METRICS:
+                    raise BadInput(f"{what}: {metric!r} is not a metric the model logs (it logs {', '.join(logged)}) "
+                                   f"nor one the service measures ({', '.join(BUILTIN_METRICS)}); use one of these")
             watched = user_callbacks.monitors(self.spec.fit.callbacks)
             if self.spec.fit.early_stopping is not None:
                 watched.append(("fit.early_stopping", self.spec.fit.early_stopping.monitor))
@@ -332,7 +386,7 @@ class KerasRunner:
                     where = who if who.startswith("fit.") else f"fit.callbacks: {who}"
                     raise BadInput(f"{where} monitors {metric!r}, which the model does not log (it logs "
                                    f"{', '.join(logged)}); set monitor: to one of these")
-        return {"space": {k: _jsonable(v) for k, v in hp.values.items()}}
+        return {"space": {k: _jsonable(v) for k, v in hp.values.items()}, "hyperparameters": list(hp.space)}
 
 
 def _passes_data_through(hypermodel: Any) -> bool:

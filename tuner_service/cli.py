@@ -223,6 +223,8 @@ def _cell(v: Any) -> str:
         return f"{v:.6g}"
     if isinstance(v, dict):
         return ", ".join(f"{k}={_cell(x)}" for k, x in v.items())
+    if isinstance(v, list):
+        return ", ".join(_cell(x) for x in v)
     return " ".join(str(v).split())  # one line per row, whatever the value holds
 
 
@@ -261,6 +263,15 @@ def best(study: str, storage: Optional[str] = StorageOpt, format: Format = Forma
     if format is Format.json:
         sys.stdout.write(json.dumps(row, indent=2, default=str) + "\n")
         return
+    if "front" in row:  # several objectives: the Pareto front, one row per trial
+        names, params = row["objectives"], sorted({p for t in row["front"] for p in t["params"]})
+        rows = [{"number": t["number"], **t["values"], **{f"param_{p}": t["params"].get(p) for p in params}}
+                for t in row["front"]]
+        if format is Format.table:
+            sys.stdout.write(f"Pareto front of {study!r}: {len(rows)} trial(s), "
+                             + ", ".join(f"{n} ({d})" for n, d in zip(names, row["directions"])) + "\n")
+        _emit(rows, format, ["number", *names, *[f"param_{p}" for p in params]])
+        return
     if format is Format.csv:
         _emit([{**{k: v for k, v in row.items() if k != "params"}, **row["params"]}], format)
         return
@@ -292,7 +303,10 @@ def trials(
     if format is Format.json:
         _emit(rows, format)
     else:
-        cols = ["number", "state", "value", "best_epoch", "duration_s"] + [f"param_{p}" for p in params]
+        several = any("values" in r for r in rows)  # several objectives: every value, not just the first
+        cols = (["number", "state", "values" if several else "value"]
+                + (["feasible"] if any("feasible" in r for r in rows) else [])
+                + ["best_epoch", "duration_s"] + [f"param_{p}" for p in params])
         if format is Format.csv:
             cols += ["epochs_run", "param_count", "host", "pid", "fail_reason"]
         elif any(r["fail_reason"] for r in rows):
@@ -309,6 +323,8 @@ def retrain(
     study: str = typer.Argument(..., help="Study name."),
     storage: Optional[str] = StorageOpt,
     trial: Optional[int] = typer.Option(None, "--trial", help="Trial number (default: the best trial)."),
+    prefer: Optional[str] = typer.Option(None, "--prefer", help="Several objectives: the Pareto front's best "
+                                                                "trial in this one (e.g. val_accuracy)."),
     epochs: str = typer.Option("auto", "--epochs", help="'auto' (the trial's best epoch) or a number."),
     output: Path = typer.Option(Path("models"), "--output", help="Directory for model.keras and metrics.json."),
     seeds: int = typer.Option(1, "--seeds", min=1, help="Train K seeds; report mean and spread."),
@@ -317,8 +333,8 @@ def retrain(
     """Train the best configuration on train + validation, evaluate on test, keep the model."""
     from tuner_service.retrain import retrain_cli
 
-    retrain_cli(study, storage, trial=trial, epochs=epochs, output=output, seeds=seeds, on_agent=on_agent,
-                console=console)
+    retrain_cli(study, storage, trial=trial, prefer=prefer, epochs=epochs, output=output, seeds=seeds,
+                on_agent=on_agent, console=console)
 
 
 @app.command()
@@ -460,9 +476,10 @@ def main() -> None:
     except ImportError:  # pragma: no cover - older typer on plain click
         from click import exceptions as click_exc
 
-    from tuner_service.runners._env import process_defaults
+    from tuner_service.runners._env import process_defaults, quiet_optuna
 
     process_defaults()  # the CLI's own process (submit runs a worker in it): TensorFlow's settings
+    quiet_optuna()
     try:
         code = app(standalone_mode=False)
     except click_exc.NoArgsIsHelpError:

@@ -147,6 +147,13 @@ def status(name: str, storage_url: str | None = None) -> dict[str, Any]:
         "data": s.user_attrs.get("data"),
         "submitted_at": s.user_attrs.get("submitted_at"),
     }
+    if s.multi_objective:  # no single best: the Pareto front
+        for key in ("best_value", "best_trial", "best_params"):
+            info.pop(key)
+        info["pareto_front"] = [t.number for t in sorted(pareto_front(s), key=lambda t: t.number)]
+    infeasible = sum(1 for t in s.trials if t.state == "COMPLETE" and not t.feasible)
+    if infeasible:
+        info["infeasible"] = infeasible
     if s.user_attrs.get(ABORTED_ATTR):
         info["aborted"] = s.user_attrs[ABORTED_ATTR]
     if c.failures:  # why each trial that stays FAIL stopped for good (e.g. "gave up after 3 retries")

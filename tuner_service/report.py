@@ -117,7 +117,7 @@ def _summary(study: optuna.Study, ranked: list[FrozenTrial], objective: str) -> 
     if ranked:
         best = ranked[0]
         epoch = best.user_attrs.get("best_epoch")
-        rows.append((f"best {objective}", f"{_fmt(best.value)} (trial #{best.number}"
+        rows.append((f"best {objective}", f"{_fmt(best.values[0])} (trial #{best.number}"
                      + (f", epoch {epoch}" if epoch else "") + ")"))
     data = study.user_attrs.get("data") or {}
     if data:
@@ -145,7 +145,7 @@ def _best_table(ranked: list[FrozenTrial], objective: str) -> list[str]:
     head = "".join(f"<th>{escape(h)}</th>" for h in ["rank", "trial", objective, "best epoch", *params])
     rows = []
     for rank, t in enumerate(top, start=1):
-        cells = [str(rank), str(t.number), _fmt(t.value), str(t.user_attrs.get("best_epoch") or "")]
+        cells = [str(rank), str(t.number), _fmt(t.values[0]), str(t.user_attrs.get("best_epoch") or "")]
         cells += [_fmt(t.params[p]) if p in t.params else "" for p in params]
         rows.append("<tr>" + "".join(f'<td class="num">{escape(c)}</td>' for c in cells) + "</tr>")
     return [f"<section><h2>Best trials (top {len(top)})</h2><table><tr>{head}</tr>{''.join(rows)}</table></section>"]

@@ -49,28 +49,21 @@ def retrain(
     storage_url: str | None = None,
     *,
     trial: int | None = None,
+    prefer: str | None = None,
     epochs: int | str = "auto",
     output: str | Path = "models",
     seeds: int = 1,
     verbose: int = 0,
 ) -> tuple[Any, dict[str, Any]]:
-    """Retrain and evaluate; returns ``(model, metrics)`` where metrics is what metrics.json holds."""
-    from optuna.trial import TrialState
+    """Retrain and evaluate; returns ``(model, metrics)`` where metrics is what metrics.json holds.
 
+    The trial: ``trial`` (a number), else by ``prefer`` (an objective's name: the front's best
+    in it), else the best trial; a multi-objective study needs one of the two."""
     storage = open_storage(storage_url, create=False)
     study = study_mod.load(storage, study_name)
     study_mod.refuse_facade_study(study)
     spec = study_mod.stored_spec(study)
-    if trial is None:
-        chosen = study_mod.best_trial(study)
-    else:
-        matches = [t for t in study.get_trials(deepcopy=False) if t.number == trial]
-        if not matches:
-            raise BadInput(f"study {study_name!r} has no trial {trial}; list them with `tuner-service trials {study_name}`")
-        chosen = matches[0]
-        if chosen.state != TrialState.COMPLETE:
-            raise BadInput(f"trial {trial} of {study_name!r} is {chosen.state.name}, not COMPLETE; "
-                           f"retrain a completed trial (omit --trial for the best one)")
+    chosen = study_mod.choose_trial(study, trial=trial, prefer=prefer)
     # Grid points carry their own epochs (a grid key, or the estimator's); otherwise the trial's.
     n_epochs = chosen.params.get("epochs", spec.epochs) if spec.tuner.name == "grid" else _epochs(epochs, chosen)
     if seeds < 1:
@@ -187,8 +180,10 @@ def _metrics_document(study_name: str, spec: Any, trial: Any, n_epochs: int, dat
         "study": study_name,
         "trial": trial.number,
         "params": trial.params,
-        "search_value": trial.value,
+        "search_value": trial.values[0],
         "objective": spec.objective.name,
+        **({"search_values": dict(zip([o.name for o in spec.objectives], trial.values))}
+           if len(spec.objectives) > 1 else {}),
         "epochs": n_epochs,
         "trained_on": _len(data.x_train) + _len(data.x_val),
         "test_samples": _len(data.x_test),
@@ -283,12 +278,14 @@ def request_is_stale(request: dict[str, Any], now: float | None = None) -> bool:
 
 
 def request_on_agent(study_name: str, storage_url: str | None, *, trial: int | None, epochs: str, output: Path,
-                     seeds: int) -> dict[str, Any]:
+                     seeds: int, prefer: str | None = None) -> dict[str, Any]:
     """Queue a retrain for an agent slot (``retrain --on-agent``); an agent claims it atomically."""
     storage = open_storage(storage_url, create=False)
     study = study_mod.load(storage, study_name)
     study_mod.refuse_facade_study(study)
-    study_mod.best_trial(study)  # fail now, not on the agent, when nothing completed
+    # Fail now, not on the agent, when nothing completed (or the choice is ambiguous); the
+    # agent retrains the number chosen here.
+    trial = study_mod.choose_trial(study, trial=trial, prefer=prefer).number
     current = study.user_attrs.get(REQUEST_ATTR)
     if current and current.get("status") in ("pending", "running") and not request_is_stale(current):
         raise BadInput(f"study {study_name!r} already has a retrain {current['status']} on an agent "
@@ -323,14 +320,15 @@ def wait_for_request(study_name: str, storage_url: str | None, request_id: str, 
 
 
 def retrain_cli(study: str, storage: str | None, *, trial: int | None, epochs: str, output: Path, seeds: int,
-                on_agent: bool, console: Console) -> None:
+                on_agent: bool, console: Console, prefer: str | None = None) -> None:
     if on_agent:
-        request = request_on_agent(study, storage, trial=trial, epochs=epochs, output=output, seeds=seeds)
+        request = request_on_agent(study, storage, trial=trial, epochs=epochs, output=output, seeds=seeds,
+                                   prefer=prefer)
         record = wait_for_request(study, storage, request["id"], console)
         console.print(f"retrained trial #{record.get('trial')} of {study!r} on an agent: "
                       f"test {record.get('test_metrics')}; model at {record.get('model_path')} (on the agent's machine)")
         return
-    _, m = retrain(study, storage, trial=trial, epochs=epochs, output=output, seeds=seeds, verbose=2)
+    _, m = retrain(study, storage, trial=trial, prefer=prefer, epochs=epochs, output=output, seeds=seeds, verbose=2)
     console.print(f"retrained trial #{m['trial']} of {study!r} on {m['trained_on']} samples for {m['epochs']} epochs")
     for name, value in m["test_metrics"].items():
         spread = m["seed_summary"][name]

@@ -216,10 +216,17 @@ def _report_best(study: optuna.Study, spec: StudySpec, url: str, counts: study_m
     except BadInput as exc:
         console.print(str(exc))
         return
-    console.print(f"best trial #{row['number']}: {spec.objective.name} = {row['value']:.4f}"
-                  + (f" at epoch {row['best_epoch']}" if row.get("best_epoch") else ""))
-    for k, v in row["params"].items():
-        console.print(f"  {k}: {v}")
+    if "front" in row:
+        console.print(f"Pareto front: {len(row['front'])} trial(s) (" + ", ".join(
+            f"{n} {d}" for n, d in zip(row["objectives"], row["directions"])) + ")")
+        for t in row["front"]:
+            console.print(f"  trial #{t['number']}: " + ", ".join(f"{k} = {v:.6g}" for k, v in t["values"].items()))
+        console.print(f"retrain one: tuner-service retrain {spec.name} --trial N  (or --prefer {row['objectives'][0]})")
+    else:
+        console.print(f"best trial #{row['number']}: {spec.objective.name} = {row['value']:.4f}"
+                      + (f" at epoch {row['best_epoch']}" if row.get("best_epoch") else ""))
+        for k, v in row["params"].items():
+            console.print(f"  {k}: {v}")
     masked = mask_password(url)
     console.print(f"query:      tuner-service best {spec.name} --storage {masked}")
     console.print(f"dashboard:  tuner-service dashboard --storage {masked}   (then open http://127.0.0.1:8080)")

@@ -256,5 +256,39 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
     return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
+def choose_trial(study: optuna.Study, *, trial: int | None = None, prefer: str | None = None) -> FrozenTrial:
+    """The trial to retrain: trial number ``trial``; or, by ``prefer`` (an objective's name),
+    the best in that objective among the Pareto front (one objective: among the completed
+    trials), constraints met; or the best trial of a single-objective study."""
+    from optuna.trial import TrialState
+
+    from tuner_service.queries import _record_from_study, _signed, pareto_front
+
+    if trial is not None:
+        matches = [t for t in study.get_trials(deepcopy=False) if t.number == trial]
+        if not matches:
+            raise BadInput(f"study {study.study_name!r} has no trial {trial}; list them with "
+                           f"`tuner-service trials {study.study_name}`")
+        if matches[0].state != TrialState.COMPLETE:
+            raise BadInput(f"trial {trial} of {study.study_name!r} is {matches[0].state.name}, not COMPLETE; "
+                           "retrain a completed trial (omit --trial for the best one)")
+        return matches[0]
+    if prefer is None:
+        return best_trial(study)
+    record = _record_from_study(study)
+    names = record.objective_names()
+    if prefer not in names:
+        raise BadInput(f"--prefer {prefer!r} is not an objective of study {study.study_name!r}; "
+                       f"use one of: {', '.join(names)}")
+    i = names.index(prefer)
+    maximize = record.directions[i] == "maximize"
+    candidates = pareto_front(record) if record.multi_objective else [
+        t for t in record.trials if t.state == "COMPLETE" and t.value is not None and t.feasible]
+    if not candidates:
+        raise BadInput(f"study {study.study_name!r} has no completed trial that meets its constraints yet")
+    chosen = min(candidates, key=lambda t: (_signed((t.values or [])[i], maximize), t.number))
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == chosen.number)
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -29,6 +29,17 @@ def process_defaults(env: dict[str, str] | None = None) -> dict[str, str]:
     return target  # type: ignore[return-value]
 
 
+def quiet_optuna() -> None:
+    """The CLI's own process reports progress itself: Optuna's info lines ("A new study
+    created...") and its experimental-feature warnings (heartbeats, ``set_metric_names``, TPE's
+    ``group``, used on purpose) would only add noise. Set lazily: Optuna may never be imported."""
+    import logging
+    import warnings
+
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*(is experimental|experimental feature).*")
+
+
 def configure_threads(threads: int | None) -> None:
     """Limit TensorFlow's thread pools so N workers on N cores do not oversubscribe."""
     if threads:

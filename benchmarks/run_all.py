@@ -40,6 +40,8 @@ BENCHMARKS: list[tuple[str, list[str], int]] = [
     ("memory.py", [], 900),
     ("cli_startup.py", [], 300),
     ("trial_note.py", [], 600),
+    ("reader_latency.py", [], 300),
+    ("multi_objective.py", [], 900),
 ]
 DROPIN = ("kt_dropin.py", [], 600)
 

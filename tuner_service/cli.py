@@ -470,6 +470,10 @@ def agent(
               console=console)
 
 
+#: Commands that answer from plain SQL, without importing Optuna (tuner_service/queries.py).
+_READ_COMMANDS = {"ls", "status", "best", "trials", "--help", "-h"}
+
+
 def main() -> None:
     try:
         from typer._click import exceptions as click_exc  # typer >= 0.20 vendors click
@@ -479,7 +483,8 @@ def main() -> None:
     from tuner_service.runners._env import process_defaults, quiet_optuna
 
     process_defaults()  # the CLI's own process (submit runs a worker in it): TensorFlow's settings
-    quiet_optuna()
+    if len(sys.argv) > 1 and sys.argv[1] not in _READ_COMMANDS:  # the read commands never import Optuna
+        quiet_optuna()
     try:
         code = app(standalone_mode=False)
     except click_exc.NoArgsIsHelpError:

@@ -100,7 +100,9 @@ def _preflight(spec: StudySpec) -> tuple[Any, dict[str, Any], list[dict[str, Any
         module, _, attr = tuner.prepare.partition(":")
         return getattr(importlib.import_module(module), attr)(spec)
     from tuner_service.runners import make_runner
+    from tuner_service.runners._env import apply_speed
 
+    apply_speed(spec.speed)
     runner = make_runner(spec)
     checked = runner.preflight()
     d = runner.data

@@ -171,6 +171,25 @@ class FitSpec(_Strict):
         return v
 
 
+class SpeedSpec(_Strict):
+    """How trials run fast without changing what they compute (``benchmarks/RESULTS.md`` has the
+    figures behind each default); each can be turned off."""
+
+    steps_per_execution: Literal["auto"] | int = Field(
+        "auto", description="batches per compiled call; auto: a whole epoch, when nothing watches single "
+                            "batches (no HyperModel.fit of yours, no batch-level callback); 1: Keras' default")
+    reuse_tensors: bool = Field(True, description="convert the data to tensors once per worker, not once per fit")
+    onednn: bool | None = Field(None, description="TensorFlow's oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS) in the "
+                                                  "service's processes; None: the service's default")
+
+    @field_validator("steps_per_execution")
+    @classmethod
+    def _positive(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"steps_per_execution {v} must be 1 or more (1 turns it off), or auto")
+        return v
+
+
 class BoundSpec(_Strict):
     """A constraint on one metric: ``{max: 100000}``, ``{min: 0.9}`` or both."""
 
@@ -216,6 +235,7 @@ class StudySpec(_Strict):
     tuner: TunerSpec = Field(default_factory=TunerSpec)
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     fit: FitSpec = Field(default_factory=FitSpec)
+    speed: SpeedSpec = Field(default_factory=SpeedSpec)
     seed: int = Field(42, ge=0, lt=2**32)
     priority: int = 0
     checkpoints: bool = False

@@ -70,9 +70,10 @@ class Worker:
     def runner(self) -> Runner:
         if self._runner is None:
             from tuner_service.runners import make_runner
-            from tuner_service.runners._env import configure_threads
+            from tuner_service.runners._env import apply_speed, configure_threads
 
             configure_threads(self.options.threads)
+            apply_speed(self.spec.speed)
             self._runner = make_runner(self.spec)
         return self._runner
 

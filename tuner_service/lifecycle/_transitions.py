@@ -125,15 +125,30 @@ def _claimed(study: optuna.Study, trial_id: int) -> Claimed:
 
     heartbeat = Heartbeat(study._storage, trial_id, HEARTBEAT_INTERVAL).start()
     try:
-        # Optuna's cache layer must know the trial before parameters can be set on it.
-        with_storage_retry(study._storage.get_all_trials, study._study_id, deepcopy=False,
-                           states=(TrialState.RUNNING,), what="starting a trial")
         trial = with_storage_retry(optuna.Trial, study, trial_id, what="starting a trial")
+        _register_in_cache(study, trial._cached_frozen_trial)
     except BaseException:
         heartbeat.stop()  # the trial goes stale and is retried
         raise
     frozen = trial._cached_frozen_trial
     return Claimed(trial, trial_id, frozen.number, heartbeat, dict(frozen.system_attrs))
+
+
+def _register_in_cache(study: optuna.Study, frozen: Any) -> None:
+    """Tell Optuna's cache layer (``_CachedStorage``, what ``study._storage`` is) about a trial
+    this process just claimed: it must know a trial before parameters can be set on it. Its own
+    way is a read of every unfinished trial; the claim already read this one."""
+    import copy
+
+    from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
+
+    cache = study._storage
+    if not isinstance(cache, _CachedStorage):
+        return
+    with cache._lock:
+        info = cache._studies.setdefault(study._study_id, _StudyInfo())
+        cache._add_trials_to_cache(study._study_id, [copy.deepcopy(frozen)])
+        info.unfinished_trial_ids.add(frozen._trial_id)
 
 
 # ---------------------------------------------------------------------------- outcomes
@@ -156,11 +171,14 @@ def _finish(study: optuna.Study, claimed: Claimed, state: str, values: list[floa
     from optuna import pruners
 
     assert state in (COMPLETE, PRUNED), state
+    import copy
+
     attrs = {**(attrs or {}), A.FINISHED_AT: _now_unix()}
     target = TrialState[state]
-    frozen = with_storage_retry(study._storage.get_trial, claimed.trial_id, what="recording a result")
-    if frozen.state != TrialState.RUNNING:
-        return _superseded(claimed)
+    # The trial as this process knows it (Optuna's Trial keeps its params and intermediate
+    # values current): what ``after_trial`` needs, without reading it back. Whether another
+    # driver ended it meanwhile is checked under the transaction's lock below.
+    frozen = copy.deepcopy(claimed.trial._cached_frozen_trial)
     if target == TrialState.PRUNED and values is None and frozen.last_step is not None:
         last = frozen.intermediate_values[frozen.last_step]
         values = [last] if len(study.directions) == 1 and last == last else None  # Optuna's rule (not NaN)

@@ -30,14 +30,34 @@ def process_defaults(env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def quiet_optuna() -> None:
-    """The CLI's own process reports progress itself: Optuna's info lines ("A new study
-    created...") and its experimental-feature warnings (heartbeats, ``set_metric_names``, TPE's
-    ``group``, used on purpose) would only add noise. Set lazily: Optuna may never be imported."""
-    import logging
+    """The service's own processes report progress themselves: Optuna's info lines ("A new
+    study created...") and its experimental-feature warnings (``set_metric_names``, TPE's
+    ``group``, used on purpose) would only add noise. Imports Optuna (call it only where the
+    process will use it anyway)."""
     import warnings
 
-    logging.getLogger("optuna").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*(is experimental|experimental feature).*")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def apply_speed(speed: Any) -> None:
+    """A study's ``speed.onednn``, set before TensorFlow is imported (it reads the variable
+    once); when it already is, a different setting is reported rather than silently ignored."""
+    import sys
+
+    if speed.onednn is None:
+        return
+    wanted = "1" if speed.onednn else "0"
+    if "tensorflow" in sys.modules and os.environ.get("TF_ENABLE_ONEDNN_OPTS") != wanted:
+        import logging
+
+        logging.getLogger("tuner_service").warning(
+            "speed.onednn=%s cannot apply: TensorFlow was imported before with TF_ENABLE_ONEDNN_OPTS=%s",
+            speed.onednn, os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"))
+        return
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = wanted
 
 
 def configure_threads(threads: int | None) -> None:

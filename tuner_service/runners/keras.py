@@ -103,12 +103,53 @@ class KerasRunner:
         self.backend = keras.backend.backend()
         self.device = device_name(keras)
         self._gradient_registry = _tf_gradient_registry() if self.backend == "tensorflow" else None
+        # The arrays every fit gets: tensors made once per worker (spec.speed.reuse_tensors), when
+        # they go straight to model.fit (a HyperModel.fit of the user's may want numpy arrays).
+        self._fit_data = self._as_tensors() if spec.speed.reuse_tensors else None
         import gc
 
         # Imports, user code and data are loaded for the runner's life: move them out of the
         # collector's way, so the collections between trials only walk what trials allocate.
         gc.collect()
         gc.freeze()
+
+    # ----------------------------------------------------------------- speed
+
+    def _as_tensors(self) -> tuple[Any, Any, Any, Any] | None:
+        """The training and validation arrays as TensorFlow tensors, or None where that does not
+        apply (another backend, a custom ``HyperModel.fit``). Keras' array adapter slices
+        tensors as it slices arrays, so batches, shuffling and results are the same; what goes
+        is the conversion of every array at the start of every fit."""
+        if self.backend != "tensorflow" or not _passes_data_through(self.hypermodel):
+            return None
+        import tensorflow as tf
+
+        d = self.data
+        convert = self.keras.tree.map_structure
+        try:
+            return tuple(convert(tf.convert_to_tensor, a) for a in (d.x_train, d.y_train, d.x_val, d.y_val))  # type: ignore[return-value]
+        except (TypeError, ValueError):  # arrays TensorFlow cannot hold (objects, ragged): keep them
+            return None
+
+    def _steps_per_execution(self, callbacks: list[Any]) -> int:
+        """``spec.speed.steps_per_execution``: auto runs a whole epoch per compiled call (one
+        Python round trip per epoch instead of per batch), unless something watches batches:
+        a ``HyperModel.fit`` of the user's, or a callback with batch hooks. Same batches, same
+        order, same updates; only how often Python is called back changes."""
+        setting = self.spec.speed.steps_per_execution
+        if setting != "auto":
+            return int(setting)
+        if self.backend not in ("tensorflow", "jax") or not _passes_data_through(self.hypermodel):
+            return 1
+        base = self.keras.callbacks.Callback
+        for cb in callbacks:
+            if any(getattr(type(cb), h) is not getattr(base, h) for h in
+                   ("on_batch_begin", "on_batch_end", "on_train_batch_begin", "on_train_batch_end")):
+                return 1
+            if getattr(cb, "update_freq", "epoch") != "epoch":  # TensorBoard writing per batch
+                return 1
+        steps = self.spec.fit.steps_per_epoch or -(-_n(self.data.x_train) // self.spec.fit.batch_size)
+        return max(1, int(steps))
 
     # ----------------------------------------------------------------- building blocks
 
@@ -152,21 +193,26 @@ class KerasRunner:
 
     def fit(self, hp: Any, model: Any, reporter: Any, *, x: Any, y: Any, validation_data: Any,
             epochs: int, extra_callbacks: list[Any] | None = None, verbose: int = 0,
-            directory: Path | None = None, fit_arguments: dict[str, Any] | None = None) -> Any:
+            directory: Path | None = None, fit_arguments: dict[str, Any] | None = None,
+            fast: bool = False) -> Any:
         """``HyperModel.fit`` with the study's fit arguments (``fit_arguments`` replaces the
-        extra ones: ``class_weight``, ``steps_per_epoch``, ``validation_freq``...)."""
+        extra ones: ``class_weight``, ``steps_per_epoch``, ``validation_freq``...); ``fast``:
+        with ``spec.speed``'s steps per execution (a trial's fit, not the submit check's)."""
         from tuner_service import callbacks as user_callbacks
 
         try:
             if fit_arguments is None:
                 fit_arguments = user_callbacks.fit_arguments(self.spec.fit, y, validation=True)
+            callbacks = self.callbacks(reporter, extra_callbacks, directory=directory)
+            if fast:
+                model.steps_per_execution = self._steps_per_execution(callbacks)
             return self.hypermodel.fit(
                 hp, model, x, y,
                 validation_data=validation_data,
                 epochs=epochs,
                 batch_size=self.spec.fit.batch_size,
                 shuffle=self.spec.fit.shuffle,
-                callbacks=self.callbacks(reporter, extra_callbacks, directory=directory),
+                callbacks=callbacks,
                 verbose=verbose,
                 **fit_arguments,
             )
@@ -192,10 +238,10 @@ class KerasRunner:
                                           self.spec.maximize, prune, self.spec.epochs)
             extra_callbacks = [*(extra_callbacks or []), *self._checkpoint_callbacks(trial),
                                *self._tensorboard_callbacks(trial, hp)]
+            x, y, x_val, y_val = self._fit_data or (d.x_train, d.y_train, d.x_val, d.y_val)
             t0 = time.perf_counter()
-            result = self.fit(hp, model, reporter, x=d.x_train, y=d.y_train,
-                              validation_data=(d.x_val, d.y_val), epochs=self.spec.epochs,
-                              extra_callbacks=extra_callbacks)
+            result = self.fit(hp, model, reporter, x=x, y=y, validation_data=(x_val, y_val), epochs=self.spec.epochs,
+                              extra_callbacks=extra_callbacks, fast=True)
             fit_seconds = time.perf_counter() - t0
             value, best_epoch = self._objective(reporter, result)
             measured = self.measure(model, self.spec.builtin_metrics)

@@ -251,6 +251,7 @@ class KerasRunner:
                 A.TRIAL_SECONDS: round(time.perf_counter() - started, 3),
                 A.BEST_EPOCH: best_epoch,
                 A.EPOCHS_RUN: reporter.epochs_run,
+                "steps_per_execution": int(getattr(model, "steps_per_execution", 1) or 1),
                 **measured,
             }
             if reporter.first_epoch:

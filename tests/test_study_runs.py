@@ -170,3 +170,17 @@ def test_a_runner_leaves_no_tensorflow_graphs_behind(workdir):
         study.tell(trial, outcome.value)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
     assert custom() == before
+
+
+def test_warm_workers_go_away_when_the_model_check_fails(workdir):
+    """`submit --workers 2` starts its workers before the model check (they import TensorFlow
+    meanwhile); a check that fails stops them, writes nothing and prints one line."""
+    study_file = write_study(workdir, "warmfail", model=f"{MODELS / 'tiny.py'}:raises")
+    out = cli("submit", study_file, "--workers", "2", "--storage", "sqlite:///t.db", cwd=workdir, timeout=300)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and "boom in build" in lines[0], out.stderr
+    left = subprocess.run(["pgrep", "-f", "tuner_service.worker warmfail"], capture_output=True, text=True).stdout
+    assert left.strip() == "", f"warm workers left running: {left}"
+    if (workdir / "t.db").exists():  # nothing written
+        with sqlite3.connect(workdir / "t.db") as con:
+            assert "warmfail" not in [r[0] for r in con.execute("select study_name from studies")]

@@ -17,6 +17,7 @@ ABORTED = "aborted"  # why the study stopped (too many consecutive failures)
 CONTROL = "control"  # {"state": "paused" | "stopped", "at": ISO time}: set by `tuner-service pause/stop`
 TUNER = "tuner"
 SUBMITTED_AT = "submitted_at"
+SUBMISSION = "submission"  # a token of the `submit` that created the study (its warm workers wait for it)
 RESUMED_AT = "resumed_at"
 DATA = "data"  # source, hash, task and split sizes
 RETRAIN = "retrain"  # the last retrain's test metrics and model path

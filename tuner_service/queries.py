@@ -400,6 +400,31 @@ class _Reader:
         return BadInput(f"no study named {name!r}{hint}")
 
 
+def peek_study_attrs(storage_url: str, name: str) -> dict[str, Any] | None:
+    """Study ``name``'s user attrs by plain SQL, or None (no database, no tables, no study,
+    unreachable). Never creates or upgrades anything: safe while another process is creating
+    the database (Optuna's table creation is not safe to run concurrently)."""
+    url = resolve_url(storage_url)
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        return None
+    try:
+        reader = _SqlReader.connect(url)
+    except Exception:
+        return None
+    if reader is None:
+        return None
+    try:
+        found = reader._rows_if_table("SELECT study_id FROM studies WHERE study_name = :name", name=name)
+        if not found:
+            return None
+        rows = reader._rows_if_table("SELECT key, value_json FROM study_user_attributes WHERE study_id = :sid",
+                                     sid=found[0][0]) or []
+        return {k: json.loads(v) for k, v in rows}
+    finally:
+        reader.close()
+
+
 @contextmanager
 def _open(storage_url: str | None) -> Iterator[_Reader]:
     """The SQL reader when the database has a schema it knows, else Optuna's; closed after."""

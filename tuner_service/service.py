@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from tuner_service import attrs as A
@@ -33,7 +34,6 @@ def submit(
 ) -> optuna.Study:
     """Register ``spec`` (after checking everything that can be checked) and run it."""
 
-    from tuner_service import tuners
 
     url = resolve_url(storage_url)
     check_url(url)  # before the (slow) model check
@@ -50,16 +50,40 @@ def submit(
     extra: dict[str, Any] = {}
     points = None
     first: list[dict[str, Any]] = []
-    if not resume:
-        # Everything that can fail on user input fails here, before the database is touched.
-        runner, extra, points = _preflight(spec)
-        if spec.enqueue or spec.warm_start is not None:
-            from tuner_service.warm_start import initial_points
+    # Worker processes start now and import TensorFlow, the user's code and the data while the
+    # model check below runs; they claim trials once this submission's study is registered
+    # (they recognise it by a token, not by its name: --replace deletes an older one meanwhile).
+    token = uuid.uuid4().hex
+    procs = start_workers(spec, url, workers, warm=token) if wait and workers > 1 and not resume else []
+    try:
+        if not resume:
+            # Everything that can fail on user input fails here, before the database is touched.
+            runner, extra, points = _preflight(spec)
+            if spec.enqueue or spec.warm_start is not None:
+                from tuner_service.warm_start import initial_points
 
-            first, warned = initial_points(spec, url, extra.pop("hyperparameters", None))
-            for line in warned:
-                _say(console, f"[yellow]warning:[/] {line}")
-        extra.pop("hyperparameters", None)
+                first, warned = initial_points(spec, url, extra.get("hyperparameters"))
+                for line in warned:
+                    _say(console, f"[yellow]warning:[/] {line}")
+            extra.pop("hyperparameters", None)
+            extra[A.SUBMISSION] = token
+        study = _register(spec, url, existing, resume=resume, replace=replace, extra=extra, points=points,
+                          first=first, console=console)
+    except BaseException:
+        _stop_children(procs)
+        raise
+    if not wait:
+        _say(console, f"run it with: tuner-service worker {spec.name} --storage {mask_password(url)}")
+        return study
+    run_local(study, spec, url, workers=workers, runner=runner, console=console, procs=procs)
+    return study
+
+
+def _register(spec: StudySpec, url: str, existing: Any, *, resume: bool, replace: bool, extra: dict[str, Any],
+              points: list[dict[str, Any]] | None, first: list[dict[str, Any]], console: Console | None) -> optuna.Study:
+    """Create (or resume, or replace) the study in the storage."""
+    from tuner_service import tuners
+
     storage = open_storage(url)
     if replace and existing is not None:
         study_mod.delete(storage, spec.name)
@@ -75,10 +99,6 @@ def submit(
         _say(console, f"study [bold]{spec.name}[/] registered in {mask_password(url)}: "
                       f"tuner {spec.tuner.name}, {tuners.planned_trials(spec) if points is None else len(points)} trials"
                       + (f", the first {len(first)} of them known configurations" if first else ""))
-    if not wait:
-        _say(console, f"run it with: tuner-service worker {spec.name} --storage {mask_password(url)}")
-        return study
-    run_local(study, spec, url, workers=workers, runner=runner, console=console)
     return study
 
 
@@ -119,17 +139,19 @@ def run_local(
     workers: int = 1,
     runner: Any = None,
     console: Console | None = None,
+    procs: list[subprocess.Popen[bytes]] | None = None,
 ) -> study_mod.Counts:
-    """Run the study here with ``workers`` processes and a live progress bar."""
+    """Run the study here with ``workers`` processes (``procs``: already started) and a live
+    progress bar."""
     from tuner_service.worker import Worker, WorkerOptions
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     stop = threading.Event()
     progress = threading.Thread(target=_follow, args=(study, spec, stop, console), daemon=True)
     progress.start()
-    procs: list[subprocess.Popen[bytes]] = []
+    procs = list(procs or [])
     try:
-        if workers == 1:
+        if workers == 1 and not procs:
             w = Worker(spec.name, url, WorkerOptions(index=0, threads=threads), runner=runner)
             previous = w.install_signal_handlers()
             try:
@@ -138,13 +160,7 @@ def run_local(
                 for signum, handler in previous.items():
                     signal.signal(signum, handler)
         else:
-            # The storage URL travels in the environment: a password in argv is visible in `ps`.
-            env = {**os.environ, "TUNER_SERVICE_STORAGE": url}
-            for i in range(workers):
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "tuner_service.worker", spec.name, "--index", str(i), "--threads", str(threads)],
-                    env=env,
-                ))
+            procs = procs or start_workers(spec, url, workers)
             _wait_children(procs)
     finally:
         stop.set()
@@ -159,6 +175,35 @@ def run_local(
                             f"trial(s) not run; see their output above, then continue with --resume")
     _report_best(study, spec, url, counts, console)
     return counts
+
+
+def start_workers(spec: StudySpec, url: str, workers: int, *, warm: str | None = None) -> list[subprocess.Popen[bytes]]:
+    """``workers`` worker processes on study ``spec.name``. ``warm`` (a submission token):
+    started before the study exists, they build their runner from ``spec`` (TensorFlow, the
+    model's code, the data), then wait for the study registered with that token."""
+    import json
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    # The storage URL travels in the environment: a password in argv is visible in `ps`.
+    env = {**os.environ, "TUNER_SERVICE_STORAGE": url}
+    extra = []
+    if warm:
+        env["TUNER_SERVICE_SPEC"] = json.dumps(spec.to_stored())
+        env["TUNER_SERVICE_SUBMISSION"] = warm
+        extra = ["--warm"]
+    return [subprocess.Popen([sys.executable, "-m", "tuner_service.worker", spec.name, "--index", str(i),
+                              "--threads", str(threads), *extra], env=env) for i in range(workers)]
+
+
+def _stop_children(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def _wait_children(procs: list[subprocess.Popen[bytes]]) -> None:

@@ -144,6 +144,32 @@ class Worker:
         return attrs
 
 
+def _warm_runner(study_name: str, storage_url: str | None, options: WorkerOptions) -> Runner | None:
+    """For ``submit --workers N``: build the runner from the submitted spec (``$TUNER_SERVICE_SPEC``)
+    while submit checks the model, then wait until the study registered by that submission
+    (``$TUNER_SERVICE_SUBMISSION``) exists; None if submit goes away first."""
+    import json
+
+    from tuner_service.queries import peek_study_attrs
+    from tuner_service.runners import make_runner
+    from tuner_service.runners._env import apply_speed, configure_threads
+    from tuner_service.spec import StudySpec
+
+    spec = StudySpec.model_validate(json.loads(os.environ["TUNER_SERVICE_SPEC"]))
+    token = os.environ.get("TUNER_SERVICE_SUBMISSION")
+    configure_threads(options.threads)
+    apply_speed(spec.speed)
+    runner = make_runner(spec)
+    parent = os.getppid()
+    while os.getppid() == parent:  # submit still there
+        # Plain SQL: opening an Optuna storage would create its tables, racing submit's creation.
+        attrs = peek_study_attrs(resolve_url(storage_url), study_name) or {}
+        if attrs.get(A.SUBMISSION) == token and attrs.get(A.READY):
+            return runner
+        time.sleep(0.2)
+    return None
+
+
 #: Exit codes of a worker process, read by the agent and ``submit --workers``.
 EXIT_OK, EXIT_BAD_INPUT, EXIT_ABORTED, EXIT_OUTAGE, EXIT_REFUSED = 0, 2, 3, 4, 5
 
@@ -165,11 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-trials", type=int)
     p.add_argument("--slot")
     p.add_argument("--memory-limit-mb", type=int)
+    p.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)  # started by submit before the study exists
     args = p.parse_args(argv)
     try:
-        worker = Worker(args.study, args.storage, WorkerOptions(
-            index=args.index, threads=args.threads, max_trials=args.max_trials, slot=args.slot,
-            memory_limit_mb=args.memory_limit_mb))
+        options = WorkerOptions(index=args.index, threads=args.threads, max_trials=args.max_trials, slot=args.slot,
+                                memory_limit_mb=args.memory_limit_mb)
+        runner = _warm_runner(args.study, args.storage, options) if args.warm else None
+        if args.warm and runner is None:
+            return EXIT_OK  # the submission never registered its study (its model check failed)
+        worker = Worker(args.study, args.storage, options, runner=runner)
         worker.install_signal_handlers()
         worker.run()
     except (StorageOutage, StorageUnavailable) as exc:  # not the study's fault: try again later

@@ -42,6 +42,7 @@ BENCHMARKS: list[tuple[str, list[str], int]] = [
     ("trial_note.py", [], 600),
     ("reader_latency.py", [], 300),
     ("multi_objective.py", [], 900),
+    ("time_to_quality.py", [], 1800),
 ]
 DROPIN = ("kt_dropin.py", [], 600)
 

@@ -268,7 +268,7 @@ def test_grid_search_runs_every_combination_once(tmp_path: Path, digits: Any) ->
     x_tr, y_tr, x_val, y_val = digits
     tuner = kt.GridSearch(build_grid_model, objective="val_accuracy", directory=str(tmp_path),
                           project_name="grid", overwrite=True)
-    tuner.search(x_tr[:200], y_tr[:200], epochs=1, validation_data=(x_val, y_val), verbose=0)
+    tuner.search(x_tr[:100], y_tr[:100], epochs=1, validation_data=(x_val[:100], y_val[:100]), verbose=0)
     study = _study(tmp_path, "grid")
     points = [t.hyperparameters.values for t in tuner.oracle.trials.values()]
     # keras-tuner's order: defaults first, the last hyperparameter varying fastest. "units" is

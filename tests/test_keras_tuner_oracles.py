@@ -119,14 +119,18 @@ def test_run_trial_reporting_through_oracle_update_trial(tmp_path: Path) -> None
 
 
 class CyclingOracle(kt.Oracle):
-    """A user's oracle: proposes ``units`` from a fixed list, favouring the best so far after
-    the first round, and stops when the list is used up."""
+    """A user's oracle: proposes the ``units`` not tried yet (it reads ``self.trials``), is
+    busy (IDLE) once, and stops when every value was tried."""
 
     CHOICES = (8, 16, 24)
+    idled = 0
 
     def populate_space(self, trial_id: str) -> dict[str, Any]:
         tried = [t.hyperparameters.values.get("units") for t in self.trials.values()]
         left = [u for u in self.CHOICES if u not in tried]
+        if len(tried) == 1 and not type(self).idled:
+            type(self).idled += 1
+            return {"status": "IDLE"}
         if not left:
             return {"status": "STOPPED", "values": None}
         return {"status": "RUNNING", "values": {"units": left[0]}}
@@ -141,8 +145,7 @@ class FitDigits(kt.HyperModel):
 
 def test_oracle_subclass_proposes_the_values(tmp_path: Path, digits: Any) -> None:
     x, y = digits
-    tuner = kt.RandomSearch(FitDigits(), objective="val_accuracy", max_trials=2, directory=str(tmp_path),
-                            project_name="unused", overwrite=True)  # the default oracle is replaced below
+    CyclingOracle.idled = 0
     tuner = kt.Tuner(oracle=CyclingOracle(objective="val_accuracy"), hypermodel=FitDigits(),
                      directory=str(tmp_path), project_name="cyc", overwrite=True)
     tuner.search(x[:300], y[:300], epochs=1, validation_data=(x[300:500], y[300:500]), verbose=0)
@@ -151,6 +154,7 @@ def test_oracle_subclass_proposes_the_values(tmp_path: Path, digits: Any) -> Non
     # trial for it (max_trials=None: the oracle decides).
     assert [t.params["units"] for t in sorted(study.trials, key=lambda t: t.number)] == [8, 16, 24]
     assert _states(study) == {"COMPLETE": 3} and tuner.remaining_trials is None
+    assert CyclingOracle.idled == 1  # IDLE: asked again, the search went on
     assert study.user_attrs["tuner"] == "oracle"
     best = tuner.get_best_hyperparameters(1)[0]
     assert best.values["units"] == study.best_params["units"]

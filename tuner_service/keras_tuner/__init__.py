@@ -22,11 +22,13 @@ How an oracle runs (``_strategies.py``):
 - ``HyperbandOracle``: keras-tuner's brackets, sizes and epochs per round, and its trial count
   (22 configurations per iteration for ``max_epochs=10, factor=3``; 2 for ``max_epochs=2``).
 - ``GridSearchOracle``: every point in keras-tuner's order (defaults first, the last
-  hyperparameter fastest), enqueued as WAITING trials; nothing is built to enumerate them, so
-  a point whose ``build()`` raises is a failed trial like any other.
+  hyperparameter fastest), listed with the study, one budget slot each (the i-th configuration
+  runs point i); nothing is built to enumerate them, so a point whose ``build()`` raises is a
+  failed trial like any other. A hyperparameter first registered while a trial runs extends the
+  grid after that trial's point, as keras-tuner's oracle continues from the trials that end.
 - Any other oracle, e.g. a subclass with its own ``populate_space`` (or a built-in one with
-  ``max_trials=None``): its ``populate_space`` proposes each new trial's values; STOPPED ends
-  the search.
+  ``max_trials=None``): its ``populate_space`` proposes each new trial's values (it sees the
+  study's trials in ``self.trials``); IDLE waits, STOPPED ends the search.
 
 Behaviour kept from keras-tuner: each trial's values are drawn up front for the active
 hyperparameters of the space (built with defaults at construction, growing as trials register
@@ -44,6 +46,9 @@ Differences, on purpose:
 
 - Trial ids are Optuna trial numbers (padded like keras-tuner's); a retry is a new Optuna
   trial, shown under its first run's id.
+- A hyperparameter first registered while a trial runs (in ``HyperModel.fit`` or
+  ``run_trial``) takes its default in that trial, as in keras-tuner; it is in the trial's
+  stored ``hyperparameters`` but not one of its Optuna parameters.
 - Hyperband: a promoted configuration continues in its own trial (keras-tuner starts a new
   trial from the checkpoint), so a search has one trial per configuration; a round's
   promotions are decided as its trials reach the round's end (no one waits for the round),
@@ -52,7 +57,9 @@ Differences, on purpose:
 - ``trial.metrics`` is the stored per-epoch history (averaged over executions): ``get_history``
   is the learning curve, ``get_last_value`` the last epoch's value.
 - Chief/worker: every process (the chief too) runs trials and prints its own; the chief's
-  ``KERASTUNER_ORACLE_IP:PORT`` only tells workers which study to join (``_chief.py``).
+  ``KERASTUNER_ORACLE_IP:PORT`` only tells workers which study to join (``_chief.py``), and
+  ``TUNER_SERVICE_STORAGE`` (when set) is the group's storage.
+- Resuming prints ``Reloading Tuner from <storage> (study ...)``: the study is the state.
 - ``project_name`` is also the study name: letters, digits, ``_.-`` (up to 128 characters).
 - Extensions: ``storage=``, ``search(..., workers=N)`` (``_processes.py``).
 - The study names no runnable model, so ``tuner-service worker/retrain`` refuse it: its data

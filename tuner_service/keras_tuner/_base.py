@@ -224,10 +224,7 @@ class BaseTuner(_kt.engine.base_tuner.BaseTuner):
             return
         study = optuna.load_study(study_name=self.project_name, storage=self._storage)
         try:
-            stored = spec.to_stored()
-            for key in ("data", "fit"):  # the data and fit arguments are search()'s own
-                stored.pop(key, None)
-            for key, value in {A.SPEC: stored, A.SUBMITTED_AT: study_mod._now(), A.TUNER: s.stored_name,
+            for key, value in {A.SPEC: _stored(spec), A.SUBMITTED_AT: study_mod._now(), A.TUNER: s.stored_name,
                                A.KERAS_TUNER: self._facade()}.items():
                 study.set_user_attr(key, value)
             with warnings.catch_warnings():  # Optuna marks it experimental; nothing to tell the user
@@ -271,19 +268,17 @@ class BaseTuner(_kt.engine.base_tuner.BaseTuner):
             self._spec_obj = stored
             return
         s = self._strategy
-        if s.kind == "grid":
-            self._extend_grid(study)
+        if s.kind == "grid":  # continue the enumeration where it stopped (e.g. a larger max_trials)
+            points = study.user_attrs.get(GRID_ATTR) or [{}]
+            self._extend_grid(study, after=points[-1])
+            study = optuna.load_study(study_name=self.project_name, storage=self._storage)
         counts = study_mod.Counts.for_study(study)
         budget = len(study.user_attrs.get(GRID_ATTR, [])) if s.kind == "grid" else s.max_trials or strat.UNBOUNDED
         if budget > counts.total:
             study_mod.add_budget(self._storage, study._study_id, budget - counts.total)
-        spec = self._spec(max(budget, counts.budget_used), stored.seed)
-        stored_spec = spec.to_stored()
-        for key in ("data", "fit"):
-            stored_spec.pop(key, None)
-        study.set_user_attr(A.SPEC, stored_spec)
+        self._spec_obj = self._spec(max(budget, counts.budget_used), stored.seed)
+        study.set_user_attr(A.SPEC, _stored(self._spec_obj))
         study.set_user_attr(A.ABORTED, None)
-        self._spec_obj = spec
 
     def _get_study(self) -> optuna.Study:
         """The study with this process's sampler and pruner (loaded once per process)."""
@@ -319,6 +314,7 @@ class BaseTuner(_kt.engine.base_tuner.BaseTuner):
         self.__dict__.update(state)
         self._storage = self._study = self._sampler = self._ctx = self._server = self._stash = None
         self._cache = {}
+        self._seeded = False
 
     # ------------------------------------------------------------------ the search space
 
@@ -456,11 +452,12 @@ class BaseTuner(_kt.engine.base_tuner.BaseTuner):
             raise RuntimeError(reason) from None
 
     def _stop_reason(self, study_attrs: dict[str, Any]) -> str | None:
-        """Asked before each claim: the study's abort reason, or (an oracle that proposes
-        values) ask the oracle for the next trial first, so STOPPED ends the search before a
-        trial is created for it."""
-        if study_attrs.get(A.ABORTED):
-            return str(study_attrs[A.ABORTED])
+        """Asked before each claim: why the study takes no new trials (aborted, stopped by
+        ``tuner-service stop``), or (an oracle that proposes values) the oracle's STOPPED:
+        it is asked for the next trial first, so no trial is created for it."""
+        reason = study_mod.stop_reason(study_attrs, None)  # aborted, or `tuner-service stop`
+        if reason:
+            return reason
         if self._strategy.kind != "oracle" or self._stash is not None:
             return None
         study = self._get_study()
@@ -477,13 +474,14 @@ class BaseTuner(_kt.engine.base_tuner.BaseTuner):
             self._stash = (number, dict(response.get("values") or {}))
         return None
 
-    def _populate(self, number: int, running: Trial | None = None) -> dict[str, Any]:
-        """``oracle.populate_space`` for the trial numbered ``number``, on the study's trials."""
+    def _populate(self, number: int) -> dict[str, Any]:
+        """``oracle.populate_space`` for the trial numbered ``number``, on the study's other
+        trials (as in keras-tuner, the new trial is not among them yet)."""
         oracle = self.oracle
         if not self._seeded:  # processes of one search draw distinct random streams
             oracle._seed_state += 7919 * self._worker_index
             self._seeded = True
-        self._sync_oracle(running)
+        self._sync_oracle(exclude=number)
         return oracle.populate_space(self._trial_id(number)) or {}
 
     def _proposal(self, frozen: FrozenTrial) -> dict[str, Any] | None:
@@ -552,9 +550,10 @@ class BaseTuner(_kt.engine.base_tuner.BaseTuner):
         # keras-tuner pads trial ids to the width of str(max_trials) ("None" is 4 wide).
         return f"{number:0{len(str(self.oracle.max_trials))}d}"
 
-    def _kt_trials(self, running: Trial | None = None) -> dict[str, Trial]:
+    def _kt_trials(self, running: Trial | None = None, exclude: int | None = None) -> dict[str, Trial]:
         """The study's trials as keras-tuner ``Trial``s, one per retry chain (its latest run;
-        a run waiting for its retry shows as INVALID), in start order."""
+        a run waiting for its retry shows as INVALID), in start order; ``running`` is this
+        process's running trial, ``exclude`` the number of a trial not to show."""
         from optuna.trial import TrialState
 
         latest: dict[int, FrozenTrial] = {}
@@ -567,6 +566,8 @@ class BaseTuner(_kt.engine.base_tuner.BaseTuner):
                 latest[head] = ft
         out: dict[str, Trial] = {}
         for head in sorted(latest):
+            if head == exclude:
+                continue
             trial = self._to_kt_trial(latest[head], head)
             if trial.status == TrialStatus.FAILED and head in waiting:
                 trial.status = TrialStatus.INVALID
@@ -624,11 +625,11 @@ class BaseTuner(_kt.engine.base_tuner.BaseTuner):
                 tracker.update(name, value, step=step + offset)
         return tracker
 
-    def _sync_oracle(self, running: Trial | None = None) -> None:
+    def _sync_oracle(self, running: Trial | None = None, exclude: int | None = None) -> None:
         """Point keras-tuner's oracle at the study: its ``trials``, ``ongoing_trials``, start
         and end order, and the hashes of the values tried so far."""
         oracle = self.oracle
-        trials = self._kt_trials(running)
+        trials = self._kt_trials(running, exclude)
         oracle.trials = trials
         oracle.ongoing_trials = {tid: t for tid, t in trials.items()
                                  if t.status == TrialStatus.RUNNING and t is not running}
@@ -806,6 +807,14 @@ class _SearchRunner:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _stored(spec: StudySpec) -> dict[str, Any]:
+    """The spec as stored with the study, without data and fit: they are search()'s arguments."""
+    stored = spec.to_stored()
+    for key in ("data", "fit"):
+        stored.pop(key, None)
+    return stored
 
 
 @contextlib.contextmanager

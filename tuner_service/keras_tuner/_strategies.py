@@ -6,8 +6,8 @@ keras-tuner's own oracle classes describe the search; the service runs it:
   seeded random sampler / Gaussian-process sampler, a budget of ``max_trials`` slots.
 - ``HyperbandOracle``: keras-tuner's bracket schedule (:class:`HyperbandSchedule`) as an
   Optuna pruner over one trial per configuration, continued in place when promoted.
-- ``GridSearchOracle``: every point of keras-tuner's grid order, enqueued as WAITING trials
-  with fixed parameters (:func:`grid_points`; nothing is built to enumerate them).
+- ``GridSearchOracle``: every point of keras-tuner's grid order (:func:`grid_points`; nothing
+  is built to enumerate them), one budget slot each.
 - Any other oracle (a subclass with its own ``populate_space``, or a built-in one with
   ``max_trials=None``, "until the space is exhausted"): its ``populate_space`` proposes each
   new trial's values, which :class:`ProposalSampler` hands to Optuna.
@@ -139,7 +139,7 @@ class HyperbandSchedule:
         self.trials_per_iteration = sum(self.size(b, 0) for b in self.order)
 
     def size(self, bracket: int, round_num: int) -> int:
-        end_size = math.ceil(1 + math.log(self.max_epochs, self.factor)) / (bracket + 1)
+        end_size = math.ceil(1 + math.log(self.max_epochs / self.min_epochs, self.factor)) / (bracket + 1)
         return math.ceil(end_size * self.factor ** (bracket - round_num))
 
     def epochs(self, bracket: int, round_num: int) -> int:

@@ -32,8 +32,8 @@ class Hyperband(_kt.Hyperband, Tuner):
 
 
 class GridSearch(_kt.GridSearch, Tuner):
-    """keras-tuner's ``GridSearch``: every point in keras-tuner's order, enqueued as WAITING
-    trials without building any model; a point whose ``build()`` raises is a failed trial."""
+    """keras-tuner's ``GridSearch``: every point in keras-tuner's order, enumerated without
+    building any model; a point whose ``build()`` raises is a failed trial."""
 
 
 class SklearnTuner(_kt.SklearnTuner, BaseTuner):

@@ -54,6 +54,10 @@ Differences, on purpose:
   promotions are decided as its trials reach the round's end (no one waits for the round),
   never more than keras-tuner's count. A configuration stopped early is PRUNED in Optuna and
   COMPLETED (with its score) in ``oracle.trials``, as keras-tuner's round trials are.
+- ``RandomSearch`` with ``max_trials`` draws with the service's seeded random sampler (trial
+  *n*'s values depend on the seed and *n* only, so parallel processes never share a stream),
+  which may repeat a point of a tiny discrete space; keras-tuner re-draws (as here with
+  ``max_trials=None``).
 - ``trial.metrics`` is the stored per-epoch history (averaged over executions): ``get_history``
   is the learning curve, ``get_last_value`` the last epoch's value.
 - Chief/worker: every process (the chief too) runs trials and prints its own; the chief's

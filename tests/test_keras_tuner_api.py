@@ -1,6 +1,7 @@
 """The drop-in keras-tuner API (``import tuner_service.keras_tuner as kt``) on real tiny Keras
 models and digits: results with keras-tuner's semantics, agreement with the stored Optuna
-trials and the CLI, resuming, worker processes, and clear refusals of what is not supported."""
+trials and the CLI, resuming, worker processes, and bad input. Oracles, ``kt.Tuner``
+subclasses, failures and the console are in test_keras_tuner_oracles.py."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from sklearn.datasets import load_digits
 
 import tuner_service.keras_tuner as kt
 from tuner_service import study as study_mod
+from tuner_service.keras_tuner import _processes
 
 
 @pytest.fixture(scope="module")
@@ -218,18 +220,25 @@ def test_hyperband_with_tuned_fit_and_user_callbacks(tmp_path: Path, digits: Any
     tuner.search(x_tr[:600], y_tr[:600], validation_data=(x_val, y_val), verbose=0,
                  callbacks=[keras.callbacks.EarlyStopping(patience=2)])
     study = _study(tmp_path, "hb")
-    assert len(study.trials) == 5  # keras-tuner's count for one iteration of max_epochs=3, factor=3
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert len(trials) == 5  # keras-tuner's count for one iteration of max_epochs=3, factor=3: brackets of 3 and 2
     assert study.user_attrs["spec"]["tuner"] == {"name": "hyperband", "options": {
         "factor": 3, "min_epochs": 1, "hyperband_iterations": 1, "sampler": "random"}}
-    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
-    assert all({"normalize", "units"} <= set(t.params) for t in study.trials)
-    assert all(1 <= t.user_attrs["epochs_run"] <= 3 and t.intermediate_values for t in study.trials)
+    assert [t.system_attrs["kt_bracket"] for t in trials] == [[0, 1]] * 3 + [[0, 0]] * 2
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    # Bracket 1 trains its 3 configurations 1 epoch, then keeps 1 of them to 3 epochs.
+    assert sum(t.user_attrs["epochs_run"] > 1 for t in trials[:3]) <= 1
+    assert all(t.user_attrs["epochs_run"] == 1 for t in trials[:3] if t.state == TrialState.PRUNED)
+    assert all(t.intermediate_values for t in trials)
+    # "normalize" is first registered in fit(): as in keras-tuner, the first trial uses its
+    # default, then it is part of the space and drawn like the others.
+    assert "normalize" not in trials[0].params and all({"normalize", "units"} <= set(t.params) for t in trials[1:])
     # The user's EarlyStopping reached every fit, next to the tuner's own callbacks.
     assert all(types[0] == "EarlyStopping" and "SaveBestEpoch" in types for types in hypermodel.callback_types)
     best = tuner.get_best_hyperparameters(1)[0]
-    assert best.values == study.best_params
-    statuses = {t.status for t in tuner.oracle.trials.values()}
-    assert statuses <= {"COMPLETED", "PRUNED"}
+    assert {k: v for k, v in best.values.items() if not k.startswith("tuner/")} == study.best_params
+    assert best.values["tuner/epochs"] == 3 and best.values["tuner/bracket"] in (0, 1)
+    assert {t.status for t in tuner.oracle.trials.values()} == {"COMPLETED"}  # keras-tuner's round trials
 
 
 def test_bayesian_optimization(tmp_path: Path, digits: Any) -> None:
@@ -259,24 +268,29 @@ def test_grid_search_runs_every_combination_once(tmp_path: Path, digits: Any) ->
     x_tr, y_tr, x_val, y_val = digits
     tuner = kt.GridSearch(build_grid_model, objective="val_accuracy", directory=str(tmp_path),
                           project_name="grid", overwrite=True)
-    tuner.search(x_tr[:200], y_tr[:200], epochs=1, validation_data=(x_val, y_val), verbose=0)
+    tuner.search(x_tr[:100], y_tr[:100], epochs=1, validation_data=(x_val[:100], y_val[:100]), verbose=0)
     study = _study(tmp_path, "grid")
-    points = [t.params for t in sorted(study.trials, key=lambda t: t.number)]
-    # keras-tuner's order: defaults first, the last hyperparameter varying fastest; "units" only
-    # exists when hidden=True.
+    points = [t.hyperparameters.values for t in tuner.oracle.trials.values()]
+    # keras-tuner's order: defaults first, the last hyperparameter varying fastest. "units" is
+    # only registered when hidden=True, so (as keras-tuner's GridSearch) the first such trials
+    # use its default and the grid then continues over it: the same 6 points keras-tuner runs.
     assert points == [
         {"hidden": False, "optimizer": "adam"}, {"hidden": False, "optimizer": "sgd"},
-        {"hidden": True, "units": 16, "optimizer": "adam"}, {"hidden": True, "units": 16, "optimizer": "sgd"},
-        {"hidden": True, "units": 8, "optimizer": "adam"}, {"hidden": True, "units": 8, "optimizer": "sgd"},
+        {"hidden": True, "optimizer": "adam", "units": 16}, {"hidden": True, "optimizer": "sgd", "units": 16},
+        {"hidden": True, "optimizer": "adam", "units": 8}, {"hidden": True, "optimizer": "sgd", "units": 8},
     ]
     assert _states(study) == {"COMPLETE": 6}
     assert study.user_attrs["tuner"] == "gridsearch"
 
-    # A hyperparameter first registered in HyperModel.fit cannot be part of a grid built up front.
+    # A hyperparameter first registered in HyperModel.fit joins the grid after the first
+    # trial (keras-tuner's GridSearch does the same): every combination runs once.
     tuner = kt.GridSearch(NormalizingHyperModel(), objective="val_accuracy", directory=str(tmp_path),
                           project_name="gridfit", overwrite=True)
-    with pytest.raises(NotImplementedError, match="'normalize' is not part of the grid.*declare_hyperparameters"):
-        tuner.search(x_tr[:100], y_tr[:100], epochs=1, validation_data=(x_val, y_val), verbose=0)
+    tuner.search(x_tr[:100], y_tr[:100], epochs=1, validation_data=(x_val, y_val), verbose=0)
+    study = _study(tmp_path, "gridfit")
+    ran = sorted((t.params["units"], t.params.get("normalize", False)) for t in study.trials)
+    assert ran == [(16, False), (16, True), (32, False), (32, True)]
+    assert _states(study) == {"COMPLETE": 4} and tuner.remaining_trials == 0
 
 
 # ---------------------------------------------------------------------------- objectives and executions
@@ -331,9 +345,9 @@ def test_executions_average_and_tensorboard_dir_per_trial(tmp_path: Path, digits
 
 def test_spill_files_round_trip_memory_mapped(tmp_path: Path) -> None:
     data = ((np.arange(12.0).reshape(3, 4), {"a": np.ones(3, "int64"), "b": [np.zeros(2)]}), {"epochs": 2})
-    spilled = kt._spill(data, str(tmp_path), itertools.count())
+    spilled = _processes._spill(data, str(tmp_path), itertools.count())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["array_0.npy", "array_1.npy", "array_2.npy"]
-    back = kt._unspill(spilled)
+    back = _processes._unspill(spilled)
     assert isinstance(back[0][0], np.memmap) and not back[0][0].flags.writeable
     np.testing.assert_array_equal(back[0][0], data[0][0])
     np.testing.assert_array_equal(back[0][1]["b"][0], np.zeros(2))
@@ -359,23 +373,18 @@ def test_two_worker_processes_share_the_budget(tmp_path: Path, digits: Any) -> N
 # ---------------------------------------------------------------------------- refusals
 
 
-def test_unsupported_arguments_name_the_alternative(tmp_path: Path, digits: Any) -> None:
+def test_bad_arguments_name_the_value_and_the_fix(tmp_path: Path, digits: Any) -> None:
     common = dict(objective="val_accuracy", max_trials=1, directory=str(tmp_path), project_name="no")
-    for kwargs, needle in [({"distribution_strategy": object()}, "workers=N"), ({"logger": object()}, "drop it"),
-                           ({"oracle": object()}, "kt.Hyperband")]:
-        with pytest.raises(NotImplementedError, match=needle):
-            kt.RandomSearch(build_model, **common, **kwargs)
-    with pytest.raises(TypeError, match="supported: .*executions_per_trial"):
+    with pytest.raises(ValueError, match=r"Unrecognized arguments \['max_modelsize'\].*supported: .*max_model_size"):
         kt.RandomSearch(build_model, **common, max_modelsize=10)
     with pytest.raises(ValueError, match="project_name 'my project' is not valid"):
         kt.RandomSearch(build_model, objective="val_accuracy", max_trials=1, project_name="my project")
-    with pytest.raises(NotImplementedError, match="give max_trials"):
-        kt.RandomSearch(build_model, objective="val_accuracy", max_trials=None, directory=str(tmp_path))
-    with pytest.raises(NotImplementedError, match="override run_trial"):
-        kt.Tuner  # noqa: B018
-    with pytest.raises(NotImplementedError, match="kt.BayesianOptimization"):
-        kt.oracles  # noqa: B018
-    assert not hasattr(kt, "SklearnTuner") and kt.tuners.Hyperband is kt.Hyperband
+    with pytest.raises(ValueError, match="max_trials must be at least 1 .got 0."):
+        kt.RandomSearch(build_model, **{**common, "max_trials": 0})
+    with pytest.raises(ValueError, match="Expected `oracle` argument to be an instance of `Oracle`"):
+        kt.Tuner(oracle="random", hypermodel=build_model, directory=str(tmp_path))
+    with pytest.warns(DeprecationWarning, match="logger"):  # keras-tuner accepts and ignores it
+        kt.RandomSearch(build_model, **common, logger=object(), overwrite=True)
 
     x_tr, y_tr, x_val, y_val = digits
     tuner = kt.RandomSearch(build_model, **common)

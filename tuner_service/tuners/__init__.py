@@ -220,9 +220,17 @@ def planned_trials(spec: StudySpec) -> int:
 
 
 def hyperband_bracket_trials(max_epochs: int, factor: int, min_epochs: int = 1) -> int:
-    """Trials started in one Hyperband iteration (Li et al.: n_s = ceil((s_max+1)/(s+1) * eta^s))."""
-    s_max = int(math.floor(math.log(max_epochs / min_epochs, factor) + 1e-9))
-    return sum(math.ceil((s_max + 1) / (s + 1) * factor**s) for s in range(s_max + 1))
+    """Configurations started in one Hyperband iteration, keras-tuner's count
+    (``HyperbandOracle``, its floating point included): brackets while
+    ``max_epochs / factor**k >= min_epochs``; bracket ``b`` starts
+    ``ceil(ceil(1 + log_factor(max_epochs / min_epochs)) / (b + 1) * factor**b)`` configurations
+    (22 for max_epochs=10, factor=3; 2 for max_epochs=2)."""
+    epochs, brackets = float(max_epochs), 0
+    while epochs >= min_epochs:
+        epochs /= factor
+        brackets += 1
+    end_size = math.ceil(1 + math.log(max_epochs / min_epochs, factor))
+    return sum(math.ceil(end_size / (b + 1) * factor**b) for b in range(brackets))
 
 
 class TrialSeededRandomSampler:

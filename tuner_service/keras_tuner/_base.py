@@ -428,6 +428,7 @@ class BaseTuner(_kt.engine.base_tuner.BaseTuner):
     def _work(self, fit_args: tuple[Any, ...], fit_kwargs: dict[str, Any]) -> int:
         """The lifecycle's claim loop with :class:`_SearchRunner`, until the study has nothing
         left for this process; returns the trials run here."""
+        from tuner_service.dashboard import default_artifact_store
         from tuner_service.lifecycle import LoopOptions, TrialLoop
 
         study = self._get_study()
@@ -441,7 +442,8 @@ class BaseTuner(_kt.engine.base_tuner.BaseTuner):
                          objective=oracle.objective.name,
                          options=LoopOptions(retry_limit=oracle.max_retries_per_trial,
                                              max_consecutive_failures=oracle.max_consecutive_failed_trials),
-                         stop_reason=self._stop_reason, on_trial_done=runner.trial_done)
+                         stop_reason=self._stop_reason, on_trial_done=runner.trial_done,
+                         artifact_store=default_artifact_store(self._storage_url))
         try:
             return loop.run()
         except StudyAborted:

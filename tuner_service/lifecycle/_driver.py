@@ -180,7 +180,8 @@ class TrialLoop:
             # Not the model's fault as far as we know (a bug of ours, a user error escaping the
             # runner): retried like a crash, so a process that keeps failing gives up.
             with contextlib.suppress(Exception):
-                lc.requeue(self.study, claimed.trial_id, kind="crash", reason=f"worker error: {error_line(exc)}")
+                lc.requeue(self.study, claimed.trial_id, kind="crash", reason=f"worker error: {error_line(exc)}",
+                           details={A.TRACEBACK: traceback.format_exc()[-8000:]})
             raise
         finally:
             claimed.stop_heartbeat()

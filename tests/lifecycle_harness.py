@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from tuner_service.errors import TrialError
+from tuner_service.lifecycle import flush
 from tuner_service.runners import Outcome
 
 
@@ -33,6 +34,7 @@ class FakeRunner:
     def run(self, trial: Any, *, prune: bool) -> Outcome:
         print(f"started {trial.number}", flush=True)
         x = trial.suggest_int("x", 0, 2 * 10**6)
+        flush(trial)  # a runner's word that the model is built: its parameters are stored
         epochs = int(os.environ.get("HARNESS_EPOCHS", "2"))
         for epoch in range(1, epochs + 1):
             time.sleep(float(os.environ.get("HARNESS_SLEEP", "0")))

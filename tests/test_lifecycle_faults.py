@@ -123,7 +123,7 @@ def _check(url: str, *, failures: int = 1) -> None:
 # ---------------------------------------------------------------------------- storage errors
 
 
-IN_TRANSACTION = ["claim.waiting.begin", "claim.waiting.running", "claim.waiting.commit", "claim.slot.begin",
+IN_TRANSACTION = ["claim.begin", "claim.waiting.running", "claim.waiting.commit",
                   "claim.slot.taken", "claim.slot.created", "claim.slot.commit", "finish.begin", "finish.attrs",
                   "finish.commit", "error.begin", "error.failed", "error.commit"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from tuner_service.lifecycle import claim, requeue
+from tuner_service.lifecycle import claim, flush, requeue
 from tuner_service.storage import open_storage
 from tuner_service.study import Counts, add_budget
 
@@ -17,6 +17,7 @@ def test_a_trial_that_keeps_dying_is_retried_three_times_then_stays_failed(tmp_p
     claimed = claim(study)
     trial = claimed.trial
     params = {"x": trial.suggest_float("x", 0, 1), "n": trial.suggest_int("n", 1, 9)}
+    flush(trial)  # what a runner does once the model is built: the point is stored
     results = []
     for _ in range(4):
         claimed.stop_heartbeat()
@@ -43,6 +44,7 @@ def test_hand_backs_do_not_use_up_crash_retries(tmp_path):
     add_budget(storage, study._study_id, 1)
     claimed = claim(study)
     x = claimed.trial.suggest_float("x", 0, 1)
+    flush(claimed.trial)
     for kind in ["hand_back"] * 3 + ["crash"] * 3:
         claimed.stop_heartbeat()
         assert requeue(study, claimed.trial_id, kind=kind, reason=f"{kind} test") == "REQUEUED"

@@ -251,6 +251,7 @@ def test_stale_trial_is_failed_and_requeued(storage_url: str, monkeypatch: pytes
     claimed = claim(study)
     assert claimed is not None
     p = claimed.trial.suggest_int("p", 0, 1000)
+    lifecycle.flush(claimed.trial)  # what a runner does once its model is built: the point is stored
     # Within the grace period the trial is alive.
     assert lifecycle.fail_stale(study) == []
     assert study._storage.get_trial(claimed.trial_id).state == TrialState.RUNNING

@@ -26,22 +26,28 @@ The state machine
 
 Each arrow, who moves it, its transaction (T), and a process death between any two steps:
 
-**claim** (a driver, :func:`claim`). Either T{lock a WAITING trial; it is still WAITING; set
-RUNNING and ``datetime_start``; write the heartbeat row; write the run attrs (host, pid,
-slot, device)} or T{``remaining -= 1 WHERE remaining > 0`` on the budget counter; create
-the RUNNING trial with its run attrs; write the heartbeat row}. Death before the commit:
-nothing changed. Death after it: a RUNNING trial *with* a heartbeat row, so it goes stale
-and takes the crash arrow. Losing the race for a WAITING trial (another driver committed
-first) rolls back and tries the next one. On SQLite the transaction holds the write lock from
-its first statement (``BEGIN IMMEDIATE``); on PostgreSQL the rows are locked ``FOR UPDATE``.
+**claim** (a driver, :func:`claim`). T{the study is not paused, stopped or aborted; the oldest
+WAITING trial, locked: set RUNNING and ``datetime_start``, write the heartbeat row and the run
+attrs (host, pid, slot, device); or, with none, ``remaining -= 1 WHERE remaining > 0`` on the
+budget counter and create the RUNNING trial with its run attrs and heartbeat row}. Death
+before the commit: nothing changed. Death after it: a RUNNING trial *with* a heartbeat row,
+so it goes stale and takes the crash arrow. On SQLite the transaction holds the write lock
+from its first statement (``BEGIN IMMEDIATE``); on PostgreSQL the WAITING row is locked ``FOR
+UPDATE SKIP LOCKED`` (concurrent claims take different rows) and the study row while a new
+trial is numbered.
 
 **heartbeat** (a daemon thread of the driver, :class:`Heartbeat`). T{heartbeat = now()}
 every interval; after a failed beat it retries every second until one succeeds. A beat
 changes nothing but the row, so dying at any point is the same as dying before it.
 
-**report** (the runner, once per epoch): Optuna's ``trial.report`` T{intermediate value}.
-Dying after some reports leaves them on the trial that the crash arrow then fails; the retry
-starts from epoch one (or from its checkpoint with ``checkpoints: true``).
+**draw and report** (the runner): the trial's parameters and per-epoch values are batched
+(:mod:`tuner_service.lifecycle._writes`): T{the parameters drawn while the model was built}
+once it is built (:func:`flush`); T{pending per-epoch values} at once when the study prunes,
+else at most once a second; whatever is still pending goes into the transaction that ends
+the run. Dying while the model is built loses its parameters (the retry draws new ones;
+nothing was trained); dying later leaves them, and the values written so far, on the trial
+that the crash arrow then fails; the retry runs the same parameters from epoch one (or from
+its checkpoint with ``checkpoints: true``).
 
 **complete / prune** (the driver, :func:`finish`). Before T, the sampler's ``after_trial``
 (as ``Study.tell`` does) and the dashboard decoration (note, learning curve) run while the
@@ -120,6 +126,7 @@ from tuner_service.lifecycle._transitions import (
     reconcile,
     requeue,
 )
+from tuner_service.lifecycle._writes import flush
 
 __all__ = [
     "HEARTBEAT_GRACE",
@@ -135,6 +142,7 @@ __all__ = [
     "fail",
     "fail_stale",
     "finish",
+    "flush",
     "healthy_for",
     "note_storage_error",
     "reconcile",

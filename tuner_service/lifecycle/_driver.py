@@ -113,7 +113,7 @@ class TrialLoop:
         if reason:
             _log.info("study %r takes no new trials: %s", self.study.study_name, reason)
             return None, True
-        claimed = lc.claim(self.study, self.run_attrs())
+        claimed = lc.claim(self.study, self.run_attrs(), prune=self.prune)
         if claimed is None:
             blocked = self._blocked()
             if blocked == "paused":
@@ -164,7 +164,7 @@ class TrialLoop:
             self._stop.set()
             with _shielded():
                 result = lc.requeue(self.study, claimed.trial_id, kind="hand_back",
-                                    reason=f"handed back ({_signal_name(exc)})")
+                                    reason=f"handed back ({_signal_name(exc)})", trial=claimed.trial)
             _log.info("trial %s handed back (%s)", claimed.number, result.lower())
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -181,7 +181,7 @@ class TrialLoop:
             # runner): retried like a crash, so a process that keeps failing gives up.
             with contextlib.suppress(Exception):
                 lc.requeue(self.study, claimed.trial_id, kind="crash", reason=f"worker error: {error_line(exc)}",
-                           details={A.TRACEBACK: traceback.format_exc()[-8000:]})
+                           details={A.TRACEBACK: traceback.format_exc()[-8000:]}, trial=claimed.trial)
             raise
         finally:
             claimed.stop_heartbeat()

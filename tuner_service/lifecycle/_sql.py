@@ -12,6 +12,7 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from optuna.distributions import BaseDistribution, distribution_to_json
@@ -136,6 +137,15 @@ def lock_trial(session: Session, trial_id: int) -> models.TrialModel | None:
     return session.query(models.TrialModel).filter(models.TrialModel.trial_id == trial_id).with_for_update().one_or_none()
 
 
+def next_waiting(session: Session, study_id: int) -> models.TrialModel | None:
+    """The study's oldest WAITING trial, locked for this transaction (PostgreSQL: ``FOR UPDATE
+    SKIP LOCKED``, so concurrent claims take different rows; SQLite: the transaction already
+    holds the write lock)."""
+    return (session.query(models.TrialModel)
+            .filter(models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.WAITING)
+            .order_by(models.TrialModel.trial_id).limit(1).with_for_update(skip_locked=True).one_or_none())
+
+
 def waiting_ids(session: Session, study_id: int, limit: int = 8) -> list[int]:
     """Ids of up to ``limit`` WAITING trials, oldest first (one indexed query)."""
     rows = session.execute(
@@ -146,17 +156,25 @@ def waiting_ids(session: Session, study_id: int, limit: int = 8) -> list[int]:
     return [r[0] for r in rows]
 
 
-def new_trial(session: Session, storage: Any, study_id: int, state: TrialState) -> models.TrialModel:
-    """Insert a trial numbered after every earlier one of its study (the study row is locked
-    first, as Optuna's ``create_new_trial`` does, so two creators cannot take one number)."""
-    models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
-    trial = models.TrialModel(study_id=study_id, number=None, state=state,
-                              datetime_start=dt.datetime.now() if state == TrialState.RUNNING else None)
-    session.add(trial)
-    session.flush()
-    trial.number = trial.count_past_trials(session)
-    session.flush()
-    return trial
+@dataclass(frozen=True)
+class NewTrial:
+    trial_id: int
+    number: int
+    datetime_start: dt.datetime | None  # local time, as FrozenTrial holds it
+
+
+def new_trial(session: Session, study_id: int, state: TrialState) -> NewTrial:
+    """Insert a trial numbered after every earlier one of its study: the study row is locked
+    first (as Optuna's ``create_new_trial`` does; SQLite: the write lock), so two creators
+    cannot take one number. Plain statements (no ORM unit of work): this is every claim's."""
+    t, st = models.TrialModel.__table__, models.StudyModel.__table__
+    session.execute(select(st.c.study_id).where(st.c.study_id == study_id).with_for_update())
+    number = session.execute(select(func.count()).select_from(t).where(t.c.study_id == study_id)).scalar_one()
+    start = dt.datetime.now() if state == TrialState.RUNNING else None
+    utc = None if start is None else start.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    trial_id = session.execute(insert(t).values(study_id=study_id, number=number, state=state,
+                                                datetime_start=utc).returning(t.c.trial_id)).scalar_one()
+    return NewTrial(trial_id, int(number), start)
 
 
 def put_params(session: Session, trial_id: int, params: dict[str, Any],
@@ -197,12 +215,53 @@ def put_attrs(session: Session, trial_id: int, attrs: dict[str, Any], *, system:
             found.value_json = row["value_json"]
 
 
-def beat(session: Session, trial_id: int) -> None:
-    """Write the trial's heartbeat row (insert, or refresh an old one) at the database's now()."""
+def beat(session: Session, trial_id: int, *, fresh: bool = False) -> None:
+    """Write the trial's heartbeat row (insert, or refresh an old one) at the database's now();
+    ``fresh``: a trial created in this transaction has none yet."""
     hb = models.TrialHeartbeatModel
-    done = session.execute(update(hb).where(hb.trial_id == trial_id).values(heartbeat=func.now())).rowcount
+    done = 0 if fresh else session.execute(update(hb).where(hb.trial_id == trial_id).values(heartbeat=func.now())).rowcount
     if not done:
         session.execute(insert(hb).values(trial_id=trial_id, heartbeat=func.now()))
+
+
+def put_params_internal(session: Session, trial_id: int, params: list[tuple[str, float, BaseDistribution]]) -> None:
+    """Parameters in Optuna's internal representation, one insert."""
+    if params:
+        session.execute(insert(models.TrialParamModel), [
+            {"trial_id": trial_id, "param_name": name, "param_value": internal,
+             "distribution_json": distribution_to_json(dist)} for name, internal, dist in params])
+
+
+def study_distributions(session: Session, study_id: int, names: list[str]) -> dict[str, BaseDistribution]:
+    """The distribution each of ``names`` already has in the study (any trial), one query."""
+    from optuna.distributions import json_to_distribution
+
+    if not names:
+        return {}
+    t, p = models.TrialModel, models.TrialParamModel
+    rows = session.execute(select(p.param_name, p.distribution_json).join(t, t.trial_id == p.trial_id)
+                           .where(t.study_id == study_id, p.param_name.in_(names)).distinct()).all()
+    return {name: json_to_distribution(j) for name, j in rows}
+
+
+def put_intermediate(session: Session, trial_id: int, values: dict[int, float], *, fresh: bool = False) -> None:
+    """Per-epoch values (Optuna's encoding of NaN and infinities), inserted or replaced;
+    ``fresh``: steps never written before, one insert."""
+    iv = models.TrialIntermediateValueModel
+    if fresh:
+        if values:
+            session.execute(insert(iv), [
+                dict(zip(("trial_id", "step", "intermediate_value", "intermediate_value_type"),
+                         (trial_id, step, *iv.intermediate_value_to_stored_repr(float(value)))))
+                for step, value in values.items()])
+        return
+    for step, value in values.items():
+        stored, kind = iv.intermediate_value_to_stored_repr(float(value))
+        row = session.query(iv).filter(iv.trial_id == trial_id, iv.step == step).one_or_none()
+        if row is None:
+            session.add(iv(trial_id=trial_id, step=step, intermediate_value=stored, intermediate_value_type=kind))
+        else:
+            row.intermediate_value, row.intermediate_value_type = stored, kind
 
 
 def set_values(session: Session, storage: Any, trial: models.TrialModel, values: list[float]) -> None:

@@ -8,12 +8,13 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner_service import attrs as A
 from tuner_service.lifecycle import _sql
 from tuner_service.lifecycle._failpoints import failpoint
 from tuner_service.lifecycle._liveness import Heartbeat, healthy_for
+from tuner_service.lifecycle._writes import TrialWrites, write_pending
 from tuner_service.storage import with_storage_retry
 
 if TYPE_CHECKING:
@@ -61,77 +62,85 @@ class Claimed:
 # ---------------------------------------------------------------------------- claim
 
 
-def claim(study: optuna.Study, run_attrs: dict[str, Any] | None = None) -> Claimed | None:
+def claim(study: optuna.Study, run_attrs: dict[str, Any] | None = None, *, prune: bool = True) -> Claimed | None:
     """Take a WAITING trial (retries and grid points first), else a budget slot; None when
     there is neither, or the study is paused, stopped or aborted (read in the same
-    transaction, so no trial starts after ``tuner-service pause`` returned). The claim, its
-    first heartbeat and ``run_attrs`` are one transaction."""
-    storage, study_id = study._storage, study._study_id
-    run_attrs = dict(run_attrs or {})
+    transaction, so no trial starts after ``tuner-service pause`` returned). The choice, the
+    claim, its first heartbeat and ``run_attrs`` are one transaction.
+
+    The trial's parameters and per-epoch values are batched (:mod:`._writes`); ``prune``: the
+    study prunes, so every epoch's value is written at once."""
+    storage = study._storage
     _sql.ensure_budget_table(storage)
-    while True:
-        with _sql.read(storage) as s:
-            candidates = _sql.waiting_ids(s, study_id)
-        for trial_id in candidates:
-            got = _claim_waiting(storage, trial_id, run_attrs)
-            if got is None:
-                return None  # paused, stopped or aborted
-            if got:
-                return _claimed(study, trial_id)
-        if not candidates:
-            break
-        # Every candidate was taken by other drivers meanwhile: look again.
-    trial_id = _claim_slot(storage, study_id, run_attrs)
-    return None if trial_id is None else _claimed(study, trial_id)
+    frozen = _claim(storage, study._study_id, dict(run_attrs or {}))
+    return None if frozen is None else _claimed(study, frozen, prune=prune)
 
 
-def _claim_waiting(storage: Any, trial_id: int, run_attrs: dict[str, Any]) -> bool | None:
-    """True: claimed; False: another driver took it first; None: the study takes no trial now."""
+def _claim(storage: Any, study_id: int, run_attrs: dict[str, Any]) -> FrozenTrial | None:
+    """The claim's transaction; returns the claimed trial as it now is (so nothing reads it back)."""
     with _sql.transaction(storage) as s:
-        failpoint("claim.waiting.begin")
-        trial = _sql.lock_trial(s, trial_id)
-        if trial is None or trial.state != TrialState.WAITING:
-            return False
-        if _sql.claims_blocked(s, trial.study_id):
+        failpoint("claim.begin")
+        if _sql.claims_blocked(s, study_id):
             return None
-        trial.state = TrialState.RUNNING
-        trial.datetime_start = dt.datetime.now()
-        failpoint("claim.waiting.running")
-        _sql.beat(s, trial_id)
-        _sql.put_attrs(s, trial_id, run_attrs)
-        failpoint("claim.waiting.commit")
+        trial = _sql.next_waiting(s, study_id)  # PostgreSQL: locked, skipping rows other claims hold
+        if trial is not None:
+            trial.state = TrialState.RUNNING
+            trial.datetime_start = dt.datetime.now()
+            failpoint("claim.waiting.running")
+            _sql.beat(s, trial.trial_id)
+            _sql.put_attrs(s, trial.trial_id, run_attrs)
+            params, distributions = _sql.params_of(s, trial.trial_id)
+            user, system = _sql.attrs_of(s, trial.trial_id, system=False), _sql.attrs_of(s, trial.trial_id, system=True)
+            failpoint("claim.waiting.commit")
+        else:
+            if not _sql.take_slot(s, study_id):
+                return None
+            failpoint("claim.slot.taken")
+            trial = _sql.new_trial(s, study_id, TrialState.RUNNING)
+            failpoint("claim.slot.created")
+            _sql.put_attrs(s, trial.trial_id, run_attrs, fresh=True)
+            _sql.beat(s, trial.trial_id, fresh=True)
+            params, distributions, user, system = {}, {}, dict(run_attrs), {}
+            failpoint("claim.slot.commit")
+        frozen = FrozenTrial(number=trial.number, state=TrialState.RUNNING, value=None, values=None,
+                             datetime_start=trial.datetime_start, datetime_complete=None, params=params,
+                             distributions=distributions, user_attrs=user, system_attrs=system, intermediate_values={},
+                             trial_id=trial.trial_id)
     failpoint("claim.committed")
-    return True
+    return frozen
 
 
-def _claim_slot(storage: Any, study_id: int, run_attrs: dict[str, Any]) -> int | None:
-    with _sql.transaction(storage) as s:
-        failpoint("claim.slot.begin")
-        if _sql.claims_blocked(s, study_id) or not _sql.take_slot(s, study_id):
-            return None
-        failpoint("claim.slot.taken")
-        trial = _sql.new_trial(s, storage, study_id, TrialState.RUNNING)
-        failpoint("claim.slot.created")
-        _sql.put_attrs(s, trial.trial_id, run_attrs, fresh=True)
-        _sql.beat(s, trial.trial_id)
-        trial_id = trial.trial_id
-        failpoint("claim.slot.commit")
-    failpoint("claim.committed")
-    return trial_id
-
-
-def _claimed(study: optuna.Study, trial_id: int) -> Claimed:
-    import optuna
-
-    heartbeat = Heartbeat(study._storage, trial_id, HEARTBEAT_INTERVAL).start()
+def _claimed(study: optuna.Study, frozen: FrozenTrial, *, prune: bool) -> Claimed:
+    heartbeat = Heartbeat(study._storage, frozen._trial_id, HEARTBEAT_INTERVAL).start()
     try:
-        trial = with_storage_retry(optuna.Trial, study, trial_id, what="starting a trial")
-        _register_in_cache(study, trial._cached_frozen_trial)
+        trial = _trial(study, frozen)
+        trial.storage = TrialWrites(study._storage, study._study_id, frozen._trial_id, prune=prune)
+        _register_in_cache(study, frozen)
     except BaseException:
         heartbeat.stop()  # the trial goes stale and is retried
         raise
-    frozen = trial._cached_frozen_trial
-    return Claimed(trial, trial_id, frozen.number, heartbeat, dict(frozen.system_attrs))
+    return Claimed(trial, frozen._trial_id, frozen.number, heartbeat, dict(frozen.system_attrs))
+
+
+def _trial(study: optuna.Study, frozen: FrozenTrial) -> optuna.Trial:
+    """``optuna.Trial(study, trial_id)`` from the record the claim already holds: what its
+    ``__init__`` does, less reading the trial back (``tests/test_lifecycle.py`` checks the two
+    agree, so an Optuna that changes it fails a test rather than a study)."""
+    import copy
+
+    import optuna
+    from optuna import pruners
+
+    trial = optuna.Trial.__new__(optuna.Trial)
+    trial.study = study
+    trial._trial_id = frozen._trial_id
+    trial.storage = study._storage
+    trial._cached_frozen_trial = copy.deepcopy(frozen)
+    study.sampler.before_trial(pruners._filter_study(study, trial._cached_frozen_trial), trial._cached_frozen_trial)
+    trial.relative_search_space = None
+    trial._relative_params = None
+    trial._fixed_params = trial._cached_frozen_trial.system_attrs.get(A.FIXED_PARAMS, {})
+    return trial
 
 
 def _register_in_cache(study: optuna.Study, frozen: Any) -> None:
@@ -198,6 +207,7 @@ def _finish(study: optuna.Study, claimed: Claimed, state: str, values: list[floa
                 own = trial.state == target and _sql.attrs_of(s, claimed.trial_id, system=False).get(
                     A.FINISHED_AT) == attrs[A.FINISHED_AT]
                 return state if own else SUPERSEDED  # own: our commit went through, its ack was lost
+            write_pending(claimed.trial, s)
             _sql.put_attrs(s, claimed.trial_id, attrs)
             failpoint("finish.attrs")
             _sql.put_attrs(s, claimed.trial_id, details or {}, system=True)
@@ -220,27 +230,30 @@ def fail(study: optuna.Study, claimed: Claimed, reason: str, *, attrs: dict[str,
     try:
         result = with_storage_retry(
             _end_run, study, claimed.trial_id, kind="error", reason=reason, attrs=attrs, details=details,
-            retry_limit=retry_limit, what="recording a failure")
+            retry_limit=retry_limit, run=claimed.trial, what="recording a failure")
     finally:
         claimed.stop_heartbeat()
     return _superseded(claimed) if result == SUPERSEDED else result
 
 
 def requeue(study: optuna.Study, trial_id: int, *, kind: str, reason: str, stale_only: bool = False,
-            attrs: dict[str, Any] | None = None, details: dict[str, Any] | None = None) -> str:
+            attrs: dict[str, Any] | None = None, details: dict[str, Any] | None = None,
+            trial: optuna.Trial | None = None) -> str:
     """A run that will not finish: FAIL + WAITING retry in one transaction.
 
     ``kind="crash"`` (the runner died, or its heartbeat went stale) counts a crash and gives
     up past ``MAX_RETRIES``; ``kind="hand_back"`` (SIGTERM, SIGINT, a drain) counts apart and
     never gives up. ``stale_only``: re-check under the lock that the heartbeat is still stale.
-    Returns REQUEUED, GAVE_UP, SUPERSEDED (not RUNNING any more) or NOT_STALE."""
+    Returns REQUEUED, GAVE_UP, SUPERSEDED (not RUNNING any more) or NOT_STALE. ``trial``: this
+    process's own run of it, whose batched writes go into the same transaction."""
     assert kind in ("crash", "hand_back"), kind
     return with_storage_retry(_end_run, study, trial_id, kind=kind, reason=reason, attrs=attrs, details=details,
-                              stale_only=stale_only, what="re-queueing a trial")
+                              stale_only=stale_only, run=trial, what="re-queueing a trial")
 
 
 def _end_run(study: optuna.Study, trial_id: int, *, kind: str, reason: str, attrs: dict[str, Any] | None,
-             details: dict[str, Any] | None, retry_limit: int = 0, stale_only: bool = False) -> str:
+             details: dict[str, Any] | None, retry_limit: int = 0, stale_only: bool = False,
+             run: optuna.Trial | None = None) -> str:
     storage = study._storage
     with _sql.transaction(storage) as s:
         failpoint(f"{kind}.begin")
@@ -253,6 +266,8 @@ def _end_run(study: optuna.Study, trial_id: int, *, kind: str, reason: str, attr
             return SUPERSEDED
         if stale_only and not _still_stale(s, trial):
             return NOT_STALE
+        if run is not None:
+            write_pending(run, s)  # the parameters the retry must run, the epochs it reported
         system = _sql.attrs_of(s, trial_id, system=True)
         crashes = int(system.get(A.CRASHES, 0)) + (kind == "crash")
         hand_backs = int(system.get(A.HAND_BACKS, 0)) + (kind == "hand_back")
@@ -290,7 +305,7 @@ def _enqueue_retry(s: Any, storage: Any, failed: Any, system: dict[str, Any], re
     user = _sql.attrs_of(s, failed.trial_id, system=False)
     history = [*system.get(A.RETRY_HISTORY, []), failed.number]
     carried = {k: v for k, v in system.items() if k not in _RUN_ONLY}
-    retry = _sql.new_trial(s, storage, failed.study_id, TrialState.WAITING)
+    retry = _sql.new_trial(s, failed.study_id, TrialState.WAITING)
     _sql.put_params(s, retry.trial_id, params, distributions)
     _sql.put_attrs(s, retry.trial_id, {
         **carried, A.FAILED_TRIAL: history[0], A.RETRY_HISTORY: history, A.RETRY_REASON: reason,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner_service import attrs as A
 from tuner_service.errors import BadInput, TrialError, TunerServiceError, error_line
+from tuner_service.lifecycle._writes import flush as lifecycle_flush  # noqa: E402
 from tuner_service.runners import Outcome, TrialInterrupted
 from tuner_service.runners._env import configure_gpu, device_name
 from tuner_service.runners._user_code import as_hypermodel, import_user_object
@@ -233,6 +234,7 @@ class KerasRunner:
         gradients_before = set(self._gradient_registry) if self._gradient_registry is not None else None
         try:
             model = self.build(hp)
+            lifecycle_flush(trial)  # the parameters the model was built with, in one transaction
             # Optuna keeps per-epoch values (learning curves, pruning) for one objective only.
             reporter = self._reporter_cls(trial if len(self.spec.objectives) == 1 else None, self.spec.objective.name,
                                           self.spec.maximize, prune, self.spec.epochs)

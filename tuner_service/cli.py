@@ -68,11 +68,14 @@ def _debugging() -> bool:
 
 
 def _fail(exc: BaseException) -> None:
+    from rich.markup import escape
+
     from tuner_service.storage import mask_password
 
     if _debugging():
         print_traceback(exc)
-    err_console.print(f"[bold red]error:[/] {mask_password(str(exc))}", markup=True, soft_wrap=True)
+    # The message is text, not markup: "pip install 'tuner-service[ray]'" must keep its [ray].
+    err_console.print(f"[bold red]error:[/] {escape(mask_password(str(exc)))}", markup=True, soft_wrap=True)
     raise typer.Exit(getattr(exc, "exit_code", 2))
 
 

@@ -10,6 +10,9 @@ are heavy on a 2-core machine.
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,9 +38,12 @@ class LocalCluster:
     """A head node without resources (no actor lands there) and worker nodes with fake GPUs."""
 
     def __init__(self, temp_dir: str) -> None:
+        from ray._common.utils import get_default_ray_temp_dir
         from ray.cluster_utils import Cluster
 
         self.temp_dir = temp_dir
+        # Cluster() records its address in the default temp dir whatever temp_dir says.
+        os.makedirs(get_default_ray_temp_dir(), exist_ok=True)
         self.cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "num_gpus": 0, "object_store_memory": OBJECT_STORE, "include_dashboard": False,
             "temp_dir": temp_dir})
@@ -57,6 +63,7 @@ class LocalCluster:
         address_file = Path(get_ray_address_file(None))
         if address_file.exists() and address_file.read_text().strip() == self.address:
             address_file.unlink()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -75,6 +82,15 @@ def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     yield make
     for c in made:
         c.shutdown()
+
+
+def _fake_nvidia_smi(directory: Path) -> Path:
+    bin_dir = directory / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "nvidia-smi"
+    script.write_text('#!/bin/sh\ncase "$*" in *memory.total*) echo 16000;; *) printf "0\\n1\\n";; esac\n')
+    script.chmod(0o755)
+    return bin_dir
 
 
 def _submit(workdir: Path, pg_url: str, name: str, trials: int) -> optuna.Study:
@@ -110,6 +126,13 @@ def _running_on(study: optuna.Study, node_id: str) -> list[optuna.trial.FrozenTr
             if t.user_attrs.get("ray_node") == node_id and "learning_rate" in t.params]
 
 
+def _study_if_registered(url: str, name: str) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        return None
+
+
 def _password(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -138,7 +161,10 @@ def _files_mentioning(root: str, secret: str) -> list[str]:
 def test_two_trials_per_fake_gpu_on_two_nodes_run_eight_at_once(workdir: Path, pg_url: str, ray_cluster: Any) -> None:
     """--trials-per-gpu 2 over 2 nodes x 2 fake GPUs: 8 actors, 8 trials at once, each recorded
     with its node and CUDA_VISIBLE_DEVICES; the budget is exact across both nodes."""
-    cluster = ray_cluster({"TUNER_TEST_SLEEP": "20"})
+    # A fake nvidia-smi on every node (16,000 MB per GPU): each of the 2 actors per GPU gets the
+    # agent's cap, 90% / 2 of its GPU.
+    smi = _fake_nvidia_smi(workdir)
+    cluster = ray_cluster({"TUNER_TEST_SLEEP": "12", "PATH": f"{smi}:{os.environ['PATH']}"})
     nodes = [cluster.add_node(gpus=2, cpus=4) for _ in range(2)]
     study = _submit(workdir, pg_url, "eight", 8)
     driver = _driver(workdir, pg_url, "--ray", cluster.address, "--trials-per-gpu", "2", "--once")
@@ -157,9 +183,33 @@ def test_two_trials_per_fake_gpu_on_two_nodes_run_eight_at_once(workdir: Path, p
     assert len({t.user_attrs["ray_actor"] for t in trials}) == 8
     assert all(t.user_attrs["slot"] == f"ray/gpu{t.user_attrs['cuda_visible_devices']}" for t in trials)
     assert "8 actor(s) started, 0 lost, 8 trial(s) run" in out, out
+    assert out.count("GPU memory cap 7200 MB") == 8, out
+    spread = (max(t.datetime_start for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
+    print(f"8 trials started within {spread:.1f} s")
+
+    # `submit --ray` on the same cluster, and an actor process killed mid-trial on a live node:
+    # Ray restarts it, the driver re-queues its trial as soon as it answers, the retry completes.
+    study_file = write_study(workdir, "oneshot", model=SLOW, budget={"max_trials": 2, "max_epochs": 1})
+    submit = subprocess.Popen([sys.executable, "-m", "tuner_service", "submit", str(study_file), "--ray",
+                               cluster.address], cwd=workdir, env={**ENV, "TUNER_SERVICE_STORAGE": pg_url},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    oneshot = _wait(lambda: _study_if_registered(pg_url, "oneshot"), "the study registered", submit)
+    victim = _wait(lambda: [t for t in oneshot.get_trials(states=(TrialState.RUNNING,)) if "learning_rate" in t.params],
+                   "a running trial", submit)[0]
+    os.kill(victim.user_attrs["pid"], signal.SIGKILL)
+    out2, _ = submit.communicate(timeout=300)
+    assert submit.returncode == 0, out2
+    trials = oneshot.get_trials()
+    assert Counter(t.state for t in trials) == {TrialState.COMPLETE: 2, TrialState.FAIL: 1}, out2
+    assert trials[victim.number].user_attrs["fail_reason"] == "Ray actor lost: its process died"
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
+    assert retry.state == TrialState.COMPLETE and retry.params == victim.params
+    assert "study oneshot: 2 complete" in out2 and "best trial #" in out2, out2
+
     # The storage URL reaches the actors without its password being written anywhere.
     password = _password(pg_url)
-    assert password not in out
+    assert password not in out and password not in out2
+    assert list(Path(cluster.temp_dir).rglob("worker-*.out")), "the actors' logs are under the cluster's temp dir"
     assert _files_mentioning(cluster.temp_dir, password) == []
 
 
@@ -178,6 +228,7 @@ def test_nodes_joining_and_leaving_mid_study(workdir: Path, pg_url: str, ray_clu
     lost = _wait(lambda: _running_on(study, second.node_id), "a trial on the node that joined", driver)
     cluster.remove_node(second)
     out, _ = driver.communicate(timeout=400)
+    print(out)
     assert driver.returncode == 0, out
     trials = study.get_trials()
     states = Counter(t.state for t in trials)
@@ -317,3 +368,43 @@ def test_kuberay_manifest_has_what_kuberay_needs() -> None:
                        for e in c.get("env", [])), "workers never see the URL: actors get it from the driver"
     assert len(images) == 1, f"one project image everywhere, not {images}"
     assert spec.get("enableInTreeAutoscaling") is True
+
+
+def test_an_actor_sets_the_agents_pinning_and_memory_caps_before_keras(tmp_path: Path) -> None:
+    """RunnerActor's constructor (outside Ray: it is a plain class) applies the driver's settings,
+    then the agent's runner environment for its slot: K actors on the GPU Ray assigned share 90%
+    of it (fake nvidia-smi: 80,000 MB), JAX included; a CPU actor sees no GPU."""
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/sh\ncase "$*" in *memory.total*) echo 80000;; *) echo 0;; esac\n')
+    smi.chmod(0o755)
+    code = (
+        "import json, os, sys\n"
+        "from tuner_service.ray_actor import ActorSettings, RunnerActor, StorageURL\n"
+        "gpu = sys.argv[1] == 'gpu'\n"
+        "RunnerActor(ActorSettings(url=StorageURL('sqlite:///x.db'), gpu=gpu, trials_per_gpu=4,\n"
+        "            env={'TUNER_SERVICE_HEARTBEAT_GRACE': '7'}, workdir=sys.argv[2]))\n"
+        "print(json.dumps({'cwd': os.getcwd(), 'keras': 'keras' in sys.modules, **{k: os.environ.get(k) for k in (\n"
+        "    'CUDA_VISIBLE_DEVICES', 'TUNER_SERVICE_GPU_MEMORY_MB', 'XLA_PYTHON_CLIENT_MEM_FRACTION',\n"
+        "    'XLA_PYTHON_CLIENT_PREALLOCATE', 'TF_FORCE_GPU_ALLOW_GROWTH', 'CUDA_DEVICE_ORDER',\n"
+        "    'TUNER_SERVICE_HEARTBEAT_GRACE', 'TUNER_SERVICE_STORAGE')}}))\n"
+    )
+    env = {k: v for k, v in ENV.items() if not k.startswith(("XLA_", "TUNER_SERVICE_"))}
+    env.update(PATH=f"{tmp_path}:{os.environ['PATH']}", CUDA_VISIBLE_DEVICES="3")  # as Ray sets it
+    import json
+
+    def run(kind: str) -> dict[str, Any]:
+        out = subprocess.run([sys.executable, "-c", code, kind, str(tmp_path)], capture_output=True, text=True,
+                             env=env, cwd="/", timeout=60)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    gpu = run("gpu")
+    assert gpu["CUDA_VISIBLE_DEVICES"] == "3" and gpu["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert gpu["TUNER_SERVICE_GPU_MEMORY_MB"] == str(int(80000 * 0.9 / 4))
+    assert float(gpu["XLA_PYTHON_CLIENT_MEM_FRACTION"]) == pytest.approx(0.9 / 4, abs=1e-4)
+    assert gpu["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false" and gpu["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    assert gpu["TUNER_SERVICE_HEARTBEAT_GRACE"] == "7" and gpu["TUNER_SERVICE_STORAGE"] is None
+    assert gpu["cwd"] == str(tmp_path) and gpu["keras"] is False
+    cpu = run("cpu")
+    assert cpu["CUDA_VISIBLE_DEVICES"] == "" and cpu["TUNER_SERVICE_GPU_MEMORY_MB"] is None
+    assert cpu["XLA_PYTHON_CLIENT_MEM_FRACTION"] is None

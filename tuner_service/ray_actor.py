@@ -145,7 +145,14 @@ class RunnerActor:
                 signal.signal(signum, handler)
             if received:  # the node is shutting down: the trial was handed back; now let Ray end the process
                 os.kill(os.getpid(), received[0])
-        return {"outcome": "done", "ran": ran}
+        recycled = None  # why the loop stopped while the study may have work left
+        if s.max_trials and ran >= s.max_trials:
+            recycled = "trials"
+        elif s.memory_limit_mb:
+            from tuner_service.lifecycle import rss_mb
+
+            recycled = "memory" if rss_mb() > s.memory_limit_mb else None
+        return {"outcome": "done", "ran": ran, "recycled": recycled}
 
 
 def _hand_back_on_signals(worker: Any, received: list[int]) -> dict[int, Any]:

@@ -6,18 +6,20 @@ processes busy on one machine. The storage (PostgreSQL) stays the single source 
 the queue: each actor runs a :class:`~tuner_service.worker.Worker` (:mod:`tuner_service.ray_actor`)
 that claims trials exactly as an agent's runner does. Ray is the placement and process engine:
 
-- **Slots.** A GPU slot is an actor with ``num_gpus=1/K`` (``--trials-per-gpu K``) and
-  ``--cpus-per-trial`` CPUs (default 1); Ray places it and sets ``CUDA_VISIBLE_DEVICES``. With
-  K > 1 each actor gets the agent's memory caps (``runner_env``: TensorFlow's logical device
-  and torch's fraction of 90%/K of its GPU, JAX's ``XLA_PYTHON_CLIENT_MEM_FRACTION``). A CPU
-  slot (a cluster without GPUs, or ``--gpus none``) is an actor with ``--cpus-per-trial C``
-  CPUs and C TensorFlow threads, every GPU hidden.
+- **Slots.** With ``--gpus all`` (default) a slot is an actor with ``num_gpus=1/K``
+  (``--trials-per-gpu K``) and ``--cpus-per-trial`` CPUs (default 1); Ray places it and sets
+  ``CUDA_VISIBLE_DEVICES``. With K > 1 each actor gets the agent's memory caps (``runner_env``:
+  TensorFlow's logical device and torch's fraction of 90%/K of its GPU, JAX's
+  ``XLA_PYTHON_CLIENT_MEM_FRACTION``). With ``--gpus none`` a slot is an actor with
+  ``--cpus-per-trial C`` CPUs and C TensorFlow threads, every GPU hidden.
 - **Elastic.** Each poll the driver creates actors while the cluster's *free* resources hold
   one more slot (nodes joining add slots at once), never more actors for a study than it has
-  claimable trials, and no new actor while one of its own still waits for placement. An actor
-  whose study has nothing claimable returns and is killed, releasing its resources (so Ray's
-  autoscaler can scale the cluster down); actors still waiting for a node are killed when
-  their study no longer needs them.
+  claimable trials, and no new actor while one of its own still waits for placement. When the
+  cluster is full and studies want more, one actor waits for placement: it takes the next slot
+  that frees up, and it is the resource demand an autoscaler (KubeRay's) adds a node for, also
+  when the GPU group is scaled to zero. An actor whose study has nothing claimable returns and
+  is killed, releasing its resources (so the autoscaler can scale down); actors still waiting
+  for a node are killed when their study no longer needs them.
 - **Choice and fairness** are the agent's (:class:`tuner_service.scheduling.Scheduler`):
   priority, then submission order, fewest actors first among equal priorities; refusals are
   logged once and re-checked; every study's heartbeats are checked on the way.
@@ -198,7 +200,8 @@ class RayExecutor:
         self.ray: Any = None
         self._actor_class: Any = None
         self._stop = threading.Event()
-        self._gpu_mode: bool | None = None
+        self._said_shape = False
+        self._no_gpu_warned = False
         self._nodes: dict[str, str] = {}  # alive node id -> address
         self._active: list[ActiveStudy] = []
 
@@ -283,7 +286,7 @@ class RayExecutor:
             self._drop(slot)  # its study ran out of work while it was being placed
             return
         cap = f", GPU memory cap {info['gpu_memory_mb']} MB" if info.get("gpu_memory_mb") else ""
-        gpu = f" GPU {info['cuda_visible_devices']}" if self._gpu_mode else ""
+        gpu = f" GPU {info['cuda_visible_devices']}" if self.use_gpus else ""
         self._say(f"actor {slot.number} {'placed' if first else 'restarted'} on node {slot.node_ip} "
                   f"({slot.node[:8]}){gpu}{cap}: study {slot.study!r}")
         slot.running = slot.handle.run.remote(slot.study)
@@ -304,8 +307,8 @@ class RayExecutor:
             self._say(f"actor {slot.number} failed ({slot.study!r}): {result.get('reason')}")
             _log.warning("actor %s traceback:\n%s", slot.number, result.get("traceback", ""))
         else:
-            more = "recycled" if self.max_trials_per_runner and ran >= self.max_trials_per_runner else "released"
-            self._say(f"actor {slot.number} {more} after {ran} trial(s) of {slot.study!r}")
+            why = {"trials": "recycled", "memory": "recycled (memory)"}.get(result.get("recycled") or "", "released")
+            self._say(f"actor {slot.number} {why} after {ran} trial(s) of {slot.study!r}")
         self._drop(slot)
 
     def _lost(self, slot: ActorSlot, exc: Exception, kind: str) -> None:
@@ -372,13 +375,14 @@ class RayExecutor:
     def _fill(self) -> None:
         if not self._active or any(s.ready is not None and not s.placed for s in self.slots):
             return  # nothing to do, or our last actors are still being placed
-        free = self.ray.available_resources()
-        n = self._free_slots(free)
-        if n <= 0:
-            return
+        n = self._free_slots(self.ray.available_resources())
         wanted = {a.name: a.claimable - self._idle(a.name) for a in self._active}
+        if not any(w > 0 for w in wanted.values()):
+            return
         load = count_by(s.study for s in self.slots)
-        for _ in range(n):
+        # No room: still ask for one more actor. It waits for a slot (placed the moment any frees
+        # up or a node joins) and tells an autoscaler that the cluster is too small.
+        for _ in range(max(n, 1)):
             study = self.scheduler.choose([a for a in self._active if wanted[a.name] > 0], load)
             if study is None:
                 break
@@ -387,16 +391,20 @@ class RayExecutor:
             wanted[study] -= 1
 
     def _free_slots(self, free: dict[str, float]) -> int:
-        gpu_mode = self.use_gpus and self.ray.cluster_resources().get("GPU", 0) > 0
-        if gpu_mode != self._gpu_mode:
-            self._gpu_mode = gpu_mode
-            self._say(f"GPU slots: {1 / self.trials_per_gpu:.4g} GPU and {self._cpus():g} CPU per actor" if gpu_mode else
-                      f"CPU slots: {self._cpus():g} CPU per actor" + (" (the cluster has no GPU)" if self.use_gpus else ""))
+        """How many more actors the cluster's free resources hold now."""
+        if not self._said_shape:
+            self._said_shape = True
+            self._say(f"GPU slots: {1 / self.trials_per_gpu:.4g} GPU and {self._cpus():g} CPU per actor"
+                      if self.use_gpus else f"CPU slots: {self._cpus():g} CPU per actor, no GPU")
         eps = 1e-6
         cpus = self._cpus()
         by_cpu = math.floor(free.get("CPU", 0) / cpus + eps) if cpus > 0 else 1_000_000
-        if not gpu_mode:
+        if not self.use_gpus:
             return by_cpu
+        if not self._no_gpu_warned and not self.ray.cluster_resources().get("GPU", 0):
+            self._no_gpu_warned = True
+            self._say("the cluster has no GPU now: GPU actors wait for a GPU node (an autoscaler adds one); "
+                      "for CPU actors use --gpus none")
         return min(by_cpu, math.floor(free.get("GPU", 0) * self.trials_per_gpu + eps))
 
     def _cpus(self) -> float:
@@ -408,11 +416,11 @@ class RayExecutor:
         ours = [s for s in self.slots if s.study == study]
         if not ours:
             return 0
-        busy = running_actor_ids(self.storage, study)
+        busy = with_storage_retry(running_actor_ids, self.storage, study, what="listing running trials")
         return sum(1 for s in ours if s.actor_id not in busy)
 
     def _start(self, study: str) -> None:
-        gpu = bool(self._gpu_mode)
+        gpu = self.use_gpus
         cpus = self._cpus()
         threads = max(1, int(cpus)) if (not gpu or self.cpus_per_trial) and cpus >= 1 else None
         settings = ActorSettings(url=StorageURL(self.url), gpu=gpu, trials_per_gpu=self.trials_per_gpu,

@@ -130,7 +130,13 @@ class RunnerActor:
         try:
             worker = _actor_worker_class()(study, s.url.reveal(), options, ray_attrs={RAY_NODE: node, RAY_ACTOR: actor})
             previous = _hand_back_on_signals(worker, received)
-            ran = worker.run()
+
+            def drained(_state: str) -> None:
+                # The driver drains with ray.cancel(this call): a flag read here, between trials.
+                if ctx.is_canceled():
+                    worker.stop()
+
+            ran = worker.run(on_trial_done=drained)
         except (StorageOutage, StorageUnavailable) as exc:
             return {"outcome": "outage", "reason": mask_password(str(exc))}
         except StudyAborted as exc:
@@ -156,16 +162,17 @@ class RunnerActor:
 
 
 def _hand_back_on_signals(worker: Any, received: list[int]) -> dict[int, Any]:
-    """While the worker runs: SIGTERM/SIGINT (a node draining, ``ray stop``) hand the running
-    trial back, as in a plain worker; the signal is then passed on to Ray's own handler."""
+    """While the worker runs: SIGTERM/SIGINT (a node shutting down, ``ray stop``) hand the
+    running trial back, as in a plain worker; the signal is then passed on to Ray's own handler.
+    (SIGUSR1, the worker's drain, is the worker's alone.)"""
     previous = worker.install_signal_handlers()
-    handlers = {signum: signal.getsignal(signum) for signum in previous}
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
 
     def record(signum: int, frame: Any) -> None:
         received.append(signum)
         handlers[signum](signum, frame)
 
-    for signum in previous:
+    for signum in handlers:
         signal.signal(signum, record)
     return previous
 

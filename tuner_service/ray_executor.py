@@ -32,7 +32,9 @@ that claims trials exactly as an agent's runner does. Ray is the placement and p
   restarted actor answers (its old run is certainly over then). If neither happens (the driver
   itself is gone), the heartbeat path re-queues them after the grace period.
 - **Stopping.** On SIGINT/SIGTERM the driver kills its actors and hands their running trials
-  back (re-queued, not counted as crashes). Ray ends a driver's actors when the driver dies.
+  back (re-queued, not counted as crashes). A drain (SIGUSR1, or ``tuner-service agent --drain``
+  through the agents' registry, where the driver is listed like an agent) lets every running
+  trial finish, starts none, then exits. Ray ends a driver's actors when the driver dies.
 
 Nothing imports Ray until a driver connects; without it, ``--ray`` says how to install it.
 """
@@ -202,6 +204,12 @@ class RayExecutor:
         self._stop = threading.Event()
         self._said_shape = False
         self._no_gpu_warned = False
+        # The agents' registry (`status` lists this driver; `agent --drain` reaches it), as an agent.
+        self.agent_id = f"{self.host}/{os.getpid()}/{int(time.time())}"
+        self.started_at = time.time()
+        self._registry_due = 0.0
+        self._draining = False
+        self._drain_asked = False
         self._nodes: dict[str, str] = {}  # alive node id -> address
         self._active: list[ActiveStudy] = []
 
@@ -211,14 +219,21 @@ class RayExecutor:
         """Serve until stopped (SIGINT/SIGTERM); ``once``: until no study has anything left."""
         self.ray = connect(self.address)
         self._actor_class = self.ray.remote(RunnerActor)
-        old = {}
+        old: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             old = {s: signal.signal(s, lambda *_: self._stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+            old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: self.drain())
         self._say(f"Ray driver on {self.host}: cluster {self.address}, storage {mask_password(self.url)}")
         try:
             while not self._stop.is_set():
                 self._watch_nodes()
                 self._collect()
+                self._beat_registry()
+                if self._draining:
+                    if self._drain_actors():
+                        break
+                    self._wait()
+                    continue
                 self._active = with_storage_retry(self.scheduler.active_studies, what="listing studies")
                 self._release()
                 self._ask_restarting()
@@ -228,12 +243,64 @@ class RayExecutor:
                 self._wait()
         finally:
             self.shutdown()
+            self._leave_registry()
             for s, h in old.items():
                 signal.signal(s, h)
         return self.summary
 
     def stop(self) -> None:
+        """Stop at once: the running trials are handed back (SIGINT/SIGTERM)."""
         self._stop.set()
+
+    def drain(self) -> None:
+        """Finish the running trials, start no other, then stop (SIGUSR1, ``agent --drain``)."""
+        self._draining = True
+
+    # ------------------------------------------------------------------ registry and drain
+
+    def _beat_registry(self) -> None:
+        from tuner_service import registry
+
+        now = time.monotonic()
+        if now < self._registry_due:
+            return
+        self._registry_due = now + registry.BEAT_SECONDS
+        try:
+            if registry.beat(self.storage, self.agent_id, host=self.host, pid=os.getpid(), slots=len(self.slots),
+                             studies=[s.study for s in self.slots], started_at=self.started_at) \
+                    and not self._draining:
+                self._say("drain requested (tuner-service agent --drain)")
+                self._draining = True
+        except Exception as exc:  # bookkeeping: an outage must not stop the driver
+            _log.warning("could not refresh the agents registry: %s", exc)
+
+    def _leave_registry(self) -> None:
+        from tuner_service import registry
+
+        try:
+            registry.leave(self.storage, self.agent_id)
+        except Exception as exc:
+            _log.warning("could not leave the agents registry: %s", exc)
+
+    def _drain_actors(self) -> bool:
+        """Actors running a trial are asked (``ray.cancel``: a flag their loop reads after each
+        trial) to stop after it; the others are released now. True once none is left."""
+        if not self._drain_asked:
+            self._drain_asked = True
+            busy: dict[str, set[str]] = {}
+            for slot in list(self.slots):
+                if slot.study not in busy:
+                    busy[slot.study] = with_storage_retry(running_actor_ids, self.storage, slot.study,
+                                                          what="listing running trials")
+                if slot.running is not None and slot.actor_id in busy[slot.study]:
+                    self.ray.cancel(slot.running)
+                else:
+                    self._drop(slot)
+                    self._requeue(slot, _HAND_BACK_REASON, "hand_back")  # one that claimed just now
+        if self.slots:
+            return False
+        self._say("drained: every running trial finished, none handed back")
+        return True
 
     def _wait(self) -> None:
         refs = self._refs()
@@ -264,6 +331,11 @@ class RayExecutor:
                 value = self.ray.get(ref)
             except self.ray.exceptions.RayActorError as exc:
                 self._lost(slot, exc, kind)
+                continue
+            except self.ray.exceptions.TaskCancelledError:  # drained: it finished its trial and stopped
+                ran = with_storage_retry(finished_by_actor, self.storage, slot.study, slot.actor_id,
+                                         what="counting an actor's trials")
+                self._finished(slot, {"outcome": "drained", "ran": ran})
                 continue
             except self.ray.exceptions.RayError as exc:  # not the actor's loss (cancelled, a system error)
                 self._say(f"actor {slot.number} ({slot.study!r}): {_first_line(exc)}")
@@ -303,6 +375,8 @@ class RayExecutor:
             self.scheduler.refuse(slot.study, f"on Ray node {slot.node_ip}: {result.get('reason')}")
         elif outcome in ("aborted", "outage"):
             self._say(f"actor {slot.number} stopped ({slot.study!r}): {result.get('reason')}")
+        elif outcome == "drained":
+            self._say(f"actor {slot.number} drained after {ran} trial(s) of {slot.study!r}")
         elif outcome == "error":
             self._say(f"actor {slot.number} failed ({slot.study!r}): {result.get('reason')}")
             _log.warning("actor %s traceback:\n%s", slot.number, result.get("traceback", ""))
@@ -504,6 +578,25 @@ def running_actor_ids(storage: Any, study_name: str) -> set[str]:
         rows = session.execute(select(ua.value_json).select_from(t).join(ua, ua.trial_id == t.trial_id).where(
             t.study_id == study_id, t.state == TrialState.RUNNING, ua.key == RAY_ACTOR)).all()
     return {json.loads(r[0]) for r in rows}
+
+
+def finished_by_actor(storage: Any, study_name: str, actor_id: str | None) -> int:
+    """How many trials of ``study_name`` the actor ran to an end (its run's own count is lost
+    when the run is cancelled by a drain)."""
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+    from sqlalchemy import func, select
+
+    from tuner_service.lifecycle import _sql
+
+    if actor_id is None:
+        return 0
+    study_id = storage.get_study_id_from_name(study_name)
+    t, ua = models.TrialModel, models.TrialUserAttributeModel
+    with _sql.read(storage) as session:
+        return int(session.execute(select(func.count()).select_from(t).join(ua, ua.trial_id == t.trial_id).where(
+            t.study_id == study_id, t.state.in_([TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]),
+            ua.key == RAY_ACTOR, ua.value_json == json.dumps(actor_id))).scalar() or 0)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -354,8 +354,8 @@ class RayExecutor:
         if slot.lost_reason is not None:  # restarted: its old run is over, so are the trials it held
             self._requeue(slot, slot.lost_reason)
             slot.lost_reason = None
-        if not any(a.name == slot.study for a in self._active):
-            self._drop(slot)  # its study ran out of work while it was being placed
+        if self._draining or not any(a.name == slot.study for a in self._active):
+            self._drop(slot)  # its study ran out of work (or the driver drains) while it was being placed
             return
         cap = f", GPU memory cap {info['gpu_memory_mb']} MB" if info.get("gpu_memory_mb") else ""
         gpu = f" GPU {info['cuda_visible_devices']}" if self.use_gpus else ""

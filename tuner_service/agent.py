@@ -28,6 +28,11 @@ name and the reason, recorded in the study (``tuner-service status`` shows it), 
 and checked again every ``TUNER_SERVICE_REFUSAL_RECHECK`` seconds (default 30), so a fixed
 checkout or a resubmitted study is served without restarting the agent. The check runs in the
 agent itself (it imports no Keras), before any runner is started for the study.
+
+Choosing studies, refusals, liveness checks and the crash arrow for a dead runner's trials are
+:mod:`tuner_service.scheduling`'s, shared with the Ray executor
+(:mod:`tuner_service.ray_executor`), which keeps runner *actors* busy on a Ray cluster the
+same way this agent keeps runner processes busy on one machine.
 """
 
 from __future__ import annotations
@@ -42,12 +47,21 @@ import sys
 import tempfile
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tuner_service import attrs as A
-from tuner_service import study as study_mod
-from tuner_service.errors import BadInput, Refused
+from tuner_service.errors import BadInput
+from tuner_service.scheduling import (  # noqa: F401  (REFUSAL_RECHECK_SECONDS, REFUSED_ATTR_PREFIX: re-exported)
+    GPU_SHARE,
+    REFUSAL_RECHECK_SECONDS,
+    REFUSED_ATTR_PREFIX,
+    ActiveStudy,
+    Scheduler,
+    count_by,
+    gpu_memory_mb,
+    runner_env,
+)
 from tuner_service.storage import mask_password, open_storage, resolve_url, with_storage_retry
 
 if TYPE_CHECKING:
@@ -55,9 +69,6 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 POLL_SECONDS = float(os.environ.get("TUNER_SERVICE_AGENT_POLL", "1.0"))
-REFUSAL_RECHECK_SECONDS = float(os.environ.get("TUNER_SERVICE_REFUSAL_RECHECK", "30"))
-#: Study system attr (one per agent host) recording why that host refuses the study.
-REFUSED_ATTR_PREFIX = "refused:"
 
 
 @dataclass
@@ -74,15 +85,7 @@ class Slot:
 
 
 @dataclass
-class Refusal:
-    reason: str
-    checked: float  # monotonic time of the last check
-
-
-@dataclass
 class AgentState:
-    refused: dict[str, Refusal] = field(default_factory=dict)  # study -> why this machine cannot serve it
-    stale_checked: dict[str, float] = field(default_factory=dict)  # study -> monotonic time
     runners_started: int = 0
 
 
@@ -107,21 +110,6 @@ def detect_gpus(spec: str) -> list[str]:
     except (subprocess.SubprocessError, OSError):
         return []
     return [line.strip() for line in out.splitlines() if line.strip().isdigit()]
-
-
-def gpu_memory_mb(gpu: str) -> int | None:
-    if shutil.which("nvidia-smi") is None:
-        return None
-    try:
-        out = subprocess.run(["nvidia-smi", f"--id={gpu}", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
-        return int(float(out.strip().splitlines()[0]))
-    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
-        return None
-
-
-#: Share of a GPU's memory that K runners on it split between them (the rest: CUDA contexts).
-GPU_SHARE = 0.9
 
 
 def make_slots(gpus: list[str], trials_per_gpu: int, cpu_slots: int | None) -> list[Slot]:
@@ -153,118 +141,30 @@ class Agent:
         self.agent_id = f"{self.host}/{os.getpid()}/{int(time.time())}"
         self.started_at = time.time()
         self._registry_due = 0.0
+        self.scheduler = Scheduler(self.storage, only=self.only, host=self.host, say=self._say)
 
-    # ------------------------------------------------------------------ scheduling
+    # ------------------------------------------------------------------ scheduling (tuner_service.scheduling)
 
-    def active_studies(self) -> list[tuple[int, str, str]]:
-        """(priority, submitted_at, name) of the studies this machine can serve that have
-        something claimable, best first. Checks every study's heartbeats on the way."""
-        from tuner_service.lifecycle import _sql
+    def active_studies(self) -> list[ActiveStudy]:
+        """The studies this machine can serve that have something claimable, best first.
+        Checks every study's heartbeats on the way."""
+        return self.scheduler.active_studies()
 
-        out = []
-        for s in self.storage.get_all_studies():
-            name = s.study_name
-            if self.only and name not in self.only:
-                continue
-            attrs = s.user_attrs
-            if not attrs.get(A.READY) or attrs.get(A.KERAS_TUNER):
-                continue
-            self._check_liveness(s)
-            spec_raw = attrs.get(A.SPEC) or {}
-            if (study_mod.stop_reason(attrs, (spec_raw.get("budget") or {}).get("timeout"))
-                    or study_mod.control_state(attrs) == study_mod.PAUSED):
-                continue
-            _sql.ensure_budget_table(self.storage)
-            with _sql.read(self.storage) as session:
-                claimable = _sql.waiting_ids(session, s._study_id, limit=1) or _sql.remaining(session, s._study_id)
-            if not claimable or self._refuses(name):
-                continue
-            priority = int(spec_raw.get("priority", 0))
-            out.append((priority, attrs.get(A.SUBMITTED_AT, ""), name))
-        out.sort(key=lambda x: (-x[0], x[1]))
-        return out
-
-    def _check_liveness(self, frozen: Any) -> None:
-        """Fail and re-queue trials whose heartbeat went stale, also in studies with no budget
-        left (no runner of theirs would look any more); at most once per heartbeat interval."""
-        import optuna
-
-        from tuner_service import lifecycle
-
-        now = time.monotonic()
-        if now - self.state.stale_checked.get(frozen.study_name, 0.0) < lifecycle.HEARTBEAT_INTERVAL:
-            return
-        self.state.stale_checked[frozen.study_name] = now
-        study = optuna.load_study(study_name=frozen.study_name, storage=self.storage)
-        lifecycle.fail_stale(study)
-        lifecycle.reconcile(study)
-
-    def _refuses(self, name: str) -> bool:
-        """Whether this machine cannot serve study ``name`` (checked again every
-        ``REFUSAL_RECHECK_SECONDS``; the first refusal and the recovery are logged once)."""
-        refusal = self.state.refused.get(name)
-        now = time.monotonic()
-        if refusal is not None and now - refusal.checked < REFUSAL_RECHECK_SECONDS:
-            return True
-        try:
-            study_mod.servable_spec(study_mod.load(self.storage, name))
-        except Refused as exc:
-            self._refuse(name, str(exc))
-            return True
-        if refusal is not None:
-            del self.state.refused[name]
-            self._say(f"serving study {name!r} again: it can run on this machine now")
-            self._record_refusal(name, None)
-        return False
+    def choose(self, active: list[ActiveStudy]) -> str | None:
+        return self.scheduler.choose(active, count_by(s.study for s in self.slots if s.runner is not None))
 
     def _refuse(self, name: str, reason: str) -> None:
-        known = self.state.refused.get(name)
-        self.state.refused[name] = Refusal(reason, time.monotonic())
-        if known is None or known.reason != reason:
-            self._say(f"refusing study {name!r}: {mask_password(reason)}")
-            self._record_refusal(name, reason)
-
-    def _record_refusal(self, name: str, reason: str | None) -> None:
-        """What ``status`` shows: per agent host, why it does not serve the study (None: it does)."""
-        try:
-            value = None if reason is None else {"reason": mask_password(reason), "at": time.strftime(
-                "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            study_id = self.storage.get_study_id_from_name(name)
-            self.storage.set_study_system_attr(study_id, f"{REFUSED_ATTR_PREFIX}{self.host}", value)
-        except Exception as exc:  # bookkeeping for `status`; never worth stopping the agent
-            _log.warning("could not record the refusal of %r: %s", name, exc)
-
-    def choose(self, active: list[tuple[int, str, str]]) -> str | None:
-        if not active:
-            return None
-        top = active[0][0]
-        candidates = [a for a in active if a[0] == top]
-        load = {name: sum(1 for s in self.slots if s.study == name and s.runner is not None) for _, _, name in candidates}
-        # Fewest runners first; FIFO among equals (candidates are already in submission order).
-        return min(candidates, key=lambda a: load[a[2]])[2]
+        self.scheduler.refuse(name, reason)
 
     # ------------------------------------------------------------------ runners
 
     def _slot_env(self, slot: Slot) -> dict[str, str]:
-        """Pinning and memory settings for a process in ``slot``, set before it imports Keras.
-        The storage URL travels in the environment: a password in argv is visible in `ps`.
-
-        Memory growth for every backend: TensorFlow's allow-growth, and no preallocation for
-        JAX (whose default takes 75% of the GPU at start-up). When K runners share a GPU, the
-        cap ``TUNER_SERVICE_GPU_MEMORY_MB`` (applied by TensorFlow and torch in
-        ``runner.configure_gpu``) is also given to JAX as ``XLA_PYTHON_CLIENT_MEM_FRACTION``,
-        which bounds its allocator's growth. Variables already set in the agent's environment win."""
-        env = {**os.environ, "TUNER_SERVICE_STORAGE": self.url, "CUDA_VISIBLE_DEVICES": slot.cuda_visible_devices,
-               "TF_FORCE_GPU_ALLOW_GROWTH": "true", "TF_CPP_MIN_LOG_LEVEL": "3"}
-        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-        # nvidia-smi numbers GPUs by PCI bus; CUDA's default order (fastest first) can differ.
-        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-        if slot.memory_mb:
-            env["TUNER_SERVICE_GPU_MEMORY_MB"] = str(slot.memory_mb)
-            # The same share as memory_mb (make_slots' cap), as JAX wants it: a fraction.
-            sharing = sum(1 for s in self.slots if s.cuda_visible_devices == slot.cuda_visible_devices)
-            env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{GPU_SHARE / max(sharing, 1):.4f}")
-        return env
+        """Pinning and memory settings for a process in ``slot`` (:func:`scheduling.runner_env`),
+        set before it imports Keras. The storage URL travels in the environment: a password in
+        argv is visible in `ps`. Variables already set in the agent's environment win."""
+        sharing = sum(1 for s in self.slots if s.cuda_visible_devices == slot.cuda_visible_devices)
+        return runner_env({**os.environ, "TUNER_SERVICE_STORAGE": self.url},
+                          cuda_visible_devices=slot.cuda_visible_devices, memory_mb=slot.memory_mb, sharing=sharing)
 
     def start_runner(self, slot: Slot, study: str) -> None:
         env = self._slot_env(slot)
@@ -369,17 +269,7 @@ class Agent:
 
     def requeue_trials_of(self, pid: int, study_name: str | None, reason: str) -> None:
         """The lifecycle's crash arrow for the trials a dead runner of this host held."""
-        import optuna
-        from optuna.trial import TrialState
-
-        from tuner_service import lifecycle
-
-        if study_name is None:
-            return
-        study = optuna.load_study(study_name=study_name, storage=self.storage)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get(A.PID) == pid and t.user_attrs.get(A.HOST) == self.host:
-                lifecycle.requeue(study, t._trial_id, kind="crash", reason=reason)
+        self.scheduler.requeue_trials(study_name, {A.PID: pid, A.HOST: self.host}, reason)
 
     # ------------------------------------------------------------------ main loop
 

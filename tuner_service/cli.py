@@ -68,11 +68,14 @@ def _debugging() -> bool:
 
 
 def _fail(exc: BaseException) -> None:
+    from rich.markup import escape
+
     from tuner_service.storage import mask_password
 
     if _debugging():
         print_traceback(exc)
-    err_console.print(f"[bold red]error:[/] {mask_password(str(exc))}", markup=True, soft_wrap=True)
+    # The message is text, not markup: "pip install 'tuner-service[ray]'" must keep its [ray].
+    err_console.print(f"[bold red]error:[/] {escape(mask_password(str(exc)))}", markup=True, soft_wrap=True)
     raise typer.Exit(getattr(exc, "exit_code", 2))
 
 
@@ -128,12 +131,18 @@ def submit(
     tensorboard: Optional[str] = typer.Option(None, "--tensorboard", help="Per-trial TensorBoard logs (HParams) in DIR."),
     set_: list[str] = typer.Option([], "--set", help="Override any spec field: --set fit.batch_size=64."),
     storage: Optional[str] = StorageOpt,
-    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Local worker processes."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Local worker processes (default 1)."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Only register the study; run workers separately."),
     resume: bool = typer.Option(False, "--resume", help="Continue an existing study of this name."),
     replace: bool = typer.Option(False, "--replace", help="Delete an existing study of this name first."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="auto|ADDRESS",
+        help="Run the study on this Ray cluster (runner actors) instead of local workers; needs tuner-service[ray]."),
+    trials_per_gpu: int = typer.Option(1, "--trials-per-gpu", min=1, help="With --ray: actors per GPU (num_gpus=1/K)."),
+    cpus_per_trial: Optional[float] = typer.Option(
+        None, "--cpus-per-trial", help="With --ray: CPUs per actor (CPU slots; default 1)."),
 ) -> None:
-    """Validate a study file, register the study and run it with local workers."""
+    """Validate a study file, register the study and run it with local workers (or on a Ray cluster)."""
     from tuner_service import service
     from tuner_service.spec import FLAG_FIELDS, load_spec, parse_set_option
 
@@ -144,9 +153,25 @@ def submit(
     overrides.update(dict(parse_set_option(s) for s in set_))
     if resume and replace:
         raise typer.BadParameter("--resume and --replace exclude each other; pick one")
+    if ray is None and (trials_per_gpu != 1 or cpus_per_trial is not None):
+        raise typer.BadParameter("--trials-per-gpu and --cpus-per-trial are for --ray; local workers use --workers N")
+    if ray is not None and (workers is not None or no_wait):
+        raise typer.BadParameter(f"--ray runs the study on the cluster; drop {'--no-wait' if no_wait else '--workers'} "
+                                 "(the actors follow the cluster's resources)")
     spec = load_spec(study_file, overrides)
-    service.submit(spec, storage, workers=workers, wait=not no_wait, resume=resume, replace=replace,
-                   console=console)
+    if ray is None:
+        service.submit(spec, storage, workers=workers or 1, wait=not no_wait, resume=resume, replace=replace,
+                       console=console)
+        return
+    from tuner_service import ray_executor
+    from tuner_service.storage import mask_password, resolve_url
+
+    ray_executor.import_ray()  # before the study is registered: one line if Ray is missing
+    url = resolve_url(storage)
+    study = service.submit(spec, url, wait=False, resume=resume, replace=replace, console=None)
+    console.print(f"study [bold]{spec.name}[/] registered in {mask_password(url)}: running it on the Ray cluster ({ray})")
+    ray_executor.run_study(study, spec, url, ray, trials_per_gpu=trials_per_gpu, cpus_per_trial=cpus_per_trial,
+                           console=console)
 
 
 @app.command()
@@ -447,8 +472,14 @@ def agent(
     drain: bool = typer.Option(False, "--drain", help="Ask the running agents on this machine to finish their "
                                                       "trials, take no new ones and exit (or send them SIGUSR1)."),
     drain_all: bool = typer.Option(False, "--drain-all", help="The same for the agents on every machine."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="auto|ADDRESS",
+        help="Keep runner actors busy on this Ray cluster instead of this machine's slots (auto: the local "
+             "cluster or $RAY_ADDRESS); needs tuner-service[ray]."),
+    cpus_per_trial: Optional[float] = typer.Option(
+        None, "--cpus-per-trial", help="With --ray: CPUs per actor (CPU slots; default 1; GPU slots: 0 allowed)."),
 ) -> None:
-    """Keep this machine's GPUs busy with trials from every study that has budget left."""
+    """Keep this machine's GPUs (or a Ray cluster's) busy with trials from every study that has budget left."""
     if drain or drain_all:
         import socket
 
@@ -463,11 +494,23 @@ def agent(
         if not asked:
             console.print("no running agent" + ("" if drain_all else " on this machine"))
         return
-    from tuner_service.agent import run_agent
+    if ray is None:
+        from tuner_service.agent import run_agent
 
-    run_agent(storage, gpus=gpus, trials_per_gpu=trials_per_gpu, slots=slots, studies=studies,
-              max_trials_per_runner=max_trials_per_runner, memory_limit_mb=memory_limit_mb, once=once,
-              console=console)
+        if cpus_per_trial is not None:
+            raise typer.BadParameter("--cpus-per-trial is for --ray; this machine's CPU slots: --gpus none --slots N")
+        run_agent(storage, gpus=gpus, trials_per_gpu=trials_per_gpu, slots=slots, studies=studies,
+                  max_trials_per_runner=max_trials_per_runner, memory_limit_mb=memory_limit_mb, once=once,
+                  console=console)
+        return
+    from tuner_service.ray_executor import run_ray_agent
+
+    if slots is not None:
+        raise typer.BadParameter("--slots is for this machine's agent; with --ray the actors follow the cluster's "
+                                 "free resources (--cpus-per-trial sets each CPU actor's size)")
+    run_ray_agent(storage, ray, gpus=gpus, trials_per_gpu=trials_per_gpu, cpus_per_trial=cpus_per_trial,
+                  studies=studies, max_trials_per_runner=max_trials_per_runner, memory_limit_mb=memory_limit_mb,
+                  once=once, console=console)
 
 
 #: Commands that answer from plain SQL, without importing Optuna (tuner_service/queries.py).

@@ -29,14 +29,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, Target, emit, fmt, log, median, parser, run_json, scratch_dir, table  # noqa: E402
+from _common import Target, emit, fmt, log, median, parser, run_json, scratch_dir, table  # noqa: E402
+from vs_keras_tuner import MODEL, data_spec  # noqa: E402  (the same space and data as the end-to-end run)
 
-MODEL = REPO / "studies" / "digits_model.py"
 TUNERS = ("tpe", "hyperband", "bohb")
-
-
-def data_spec() -> dict[str, Any]:
-    return {"source": "sklearn:digits", "validation_split": 0.2, "test_split": 0.2}
 
 
 def child_keras_tuner(args: argparse.Namespace) -> None:

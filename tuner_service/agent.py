@@ -138,9 +138,9 @@ class Agent:
         self._stopping = False
         self._draining = False
         self.host = socket.gethostname()
-        self.agent_id = f"{self.host}/{os.getpid()}/{int(time.time())}"
-        self.started_at = time.time()
-        self._registry_due = 0.0
+        from tuner_service.registry import Membership
+
+        self.membership = Membership(self.storage, self.host, len(self.slots))
         self.scheduler = Scheduler(self.storage, only=self.only, host=self.host, say=self._say)
 
     # ------------------------------------------------------------------ scheduling (tuner_service.scheduling)
@@ -321,29 +321,14 @@ class Agent:
     # ------------------------------------------------------------------ registry and drain
 
     def _beat_registry(self) -> None:
-        """Refresh this agent's row (what `status` shows); a drain asked through it is heeded."""
-        from tuner_service import registry
-
-        now = time.monotonic()
-        if now < self._registry_due:
-            return
-        self._registry_due = now + registry.BEAT_SECONDS
-        try:
-            studies = [s.study for s in self.slots if s.study]
-            if registry.beat(self.storage, self.agent_id, host=self.host, pid=os.getpid(), slots=len(self.slots),
-                             studies=studies, started_at=self.started_at) and not self._draining:
-                self._say("drain requested (tuner-service agent --drain)")
-                self._draining = True
-        except Exception as exc:  # bookkeeping: an outage must not stop the agent
-            _log.warning("could not refresh the agents registry: %s", exc)
+        """Refresh this process's row in the agents' registry (what `status` shows); a drain
+        asked through it (`tuner-service agent --drain`) is heeded."""
+        if self.membership.beat([s.study for s in self.slots]) and not self._draining:
+            self._say("drain requested (tuner-service agent --drain)")
+            self._draining = True
 
     def _leave_registry(self) -> None:
-        from tuner_service import registry
-
-        try:
-            registry.leave(self.storage, self.agent_id)
-        except Exception as exc:
-            _log.warning("could not leave the agents registry: %s", exc)
+        self.membership.leave()
 
     def _drain_runners(self) -> bool:
         """Ask every runner to finish its trial and stop (SIGUSR1); True once none is left."""

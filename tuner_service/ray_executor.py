@@ -205,9 +205,9 @@ class RayExecutor:
         self._said_shape = False
         self._no_gpu_warned = False
         # The agents' registry (`status` lists this driver; `agent --drain` reaches it), as an agent.
-        self.agent_id = f"{self.host}/{os.getpid()}/{int(time.time())}"
-        self.started_at = time.time()
-        self._registry_due = 0.0
+        from tuner_service.registry import Membership
+
+        self.membership = Membership(self.storage, self.host, len(self.slots))
         self._draining = False
         self._drain_asked = False
         self._nodes: dict[str, str] = {}  # alive node id -> address
@@ -259,28 +259,14 @@ class RayExecutor:
     # ------------------------------------------------------------------ registry and drain
 
     def _beat_registry(self) -> None:
-        from tuner_service import registry
-
-        now = time.monotonic()
-        if now < self._registry_due:
-            return
-        self._registry_due = now + registry.BEAT_SECONDS
-        try:
-            if registry.beat(self.storage, self.agent_id, host=self.host, pid=os.getpid(), slots=len(self.slots),
-                             studies=[s.study for s in self.slots], started_at=self.started_at) \
-                    and not self._draining:
-                self._say("drain requested (tuner-service agent --drain)")
-                self._draining = True
-        except Exception as exc:  # bookkeeping: an outage must not stop the driver
-            _log.warning("could not refresh the agents registry: %s", exc)
+        """Refresh this process's row in the agents' registry (what `status` shows); a drain
+        asked through it (`tuner-service agent --drain`) is heeded."""
+        if self.membership.beat([s.study for s in self.slots]) and not self._draining:
+            self._say("drain requested (tuner-service agent --drain)")
+            self._draining = True
 
     def _leave_registry(self) -> None:
-        from tuner_service import registry
-
-        try:
-            registry.leave(self.storage, self.agent_id)
-        except Exception as exc:
-            _log.warning("could not leave the agents registry: %s", exc)
+        self.membership.leave()
 
     def _drain_actors(self) -> bool:
         """Actors running a trial are asked (``ray.cancel``: a flag their loop reads after each

@@ -10,6 +10,7 @@ old belongs to an agent that died; readers ignore it and the next agent start cl
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -35,6 +36,7 @@ AGENTS = Table(
     Column("drain", Boolean, nullable=False, default=False),
 )
 _READY: set[int] = set()
+_log = logging.getLogger("tuner_service.registry")
 
 
 def _engine(storage: Any) -> Any:
@@ -94,3 +96,37 @@ def agents(storage: Any) -> list[dict[str, Any]]:
     finally:
         _READING.reset(token)
     return [{**row._asdict(), "studies": json.loads(row.studies)} for row in rows]
+
+
+class Membership:
+    """One running agent's (or Ray driver's) row: refreshed every ``BEAT_SECONDS`` by
+    :meth:`beat`, removed by :meth:`leave`. Bookkeeping for ``status`` and ``agent --drain``:
+    a storage outage makes it log and carry on, never stops the driver."""
+
+    def __init__(self, storage: Any, host: str, slots: int) -> None:
+        import os
+
+        self.storage, self.host, self.slots = storage, host, slots
+        self.pid = os.getpid()
+        self.started_at = time.time()
+        self.agent_id = f"{host}/{self.pid}/{int(self.started_at)}"
+        self._due = 0.0
+
+    def beat(self, studies: list[str]) -> bool:
+        """Refresh the row (at most every ``BEAT_SECONDS``); True when somebody asked to drain."""
+        now = time.monotonic()
+        if now < self._due:
+            return False
+        self._due = now + BEAT_SECONDS
+        try:
+            return beat(self.storage, self.agent_id, host=self.host, pid=self.pid, slots=self.slots,
+                        studies=[s for s in studies if s], started_at=self.started_at)
+        except Exception as exc:
+            _log.warning("could not refresh the agents registry: %s", exc)
+            return False
+
+    def leave(self) -> None:
+        try:
+            leave(self.storage, self.agent_id)
+        except Exception as exc:
+            _log.warning("could not leave the agents registry: %s", exc)

@@ -47,6 +47,9 @@ CASES = [
     ("returns-wrong-type", {"model": f"{TINY}:returns_string"}, [], "returned str"),
     ("metric-not-produced", {"model": f"{TINY}:no_accuracy"}, [], "objective 'val_accuracy' is not logged"),
     ("wrong-output-shape", {"model": f"{TINY}:wrong_output_shape"}, [], "fit raised"),
+    # Keras wraps it in "Exception encountered when calling Sequential.call()": the line kept is
+    # the one that says which shape was expected and which was received.
+    ("wrong-input-shape", {"model": f"{TINY}:wrong_input_shape"}, [], "Expected shape (None, 64), but input has incompatible shape"),
     ("builder-raises", {"model": f"{TINY}:raises"}, [], "boom in build"),
     ("huge-model-oom", {"model": f"{TINY}:huge"}, [], "model check failed"),
     ("workers-zero", {}, ["--workers", "0"], "--workers"),

@@ -69,6 +69,22 @@ class Refused(BadInput):
 #: Keras wraps an error raised inside a layer's call() in this paragraph, then the cause, then
 #: the arguments the call received; the cause is the informative part.
 _KERAS_CALL = re.compile(r"^Exception encountered when calling [^\n]*\n", re.MULTILINE)
+#: Terminal colour codes (Keras bolds its messages) and printed arrays ("[[[0. 0. ...]]]",
+#: many lines of them) say nothing in one line.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: A printed numpy array's innermost row: numbers and spaces, no commas (``[0. 0.25 ... 1e-05]``;
+#: a shape like ``[3, 4]`` has commas and stays).
+_NUMBERS = re.compile(r"\[[^\[\],A-DF-Za-df-z]*\]")
+
+
+def _arrays_out(text: str) -> str:
+    """Printed arrays, however nested, become ``<array>``."""
+    while True:
+        shorter = _NUMBERS.sub("\x00", text)
+        if shorter == text:
+            break
+        text = shorter
+    return re.sub(r"\x00(?:[\s.]*\x00)*", "<array>", text)
 
 
 def error_line(exc: BaseException, limit: int = 400) -> str:
@@ -78,19 +94,18 @@ def error_line(exc: BaseException, limit: int = 400) -> str:
     message it wraps (which says which shape was expected and which was received);
     TensorFlow's "Graph execution error" preamble for its last line; otherwise the first
     non-empty line."""
-    text = str(exc).strip()
+    text = _arrays_out(_ANSI.sub("", str(exc))).strip()
     match = _KERAS_CALL.search(text)
     if match:
-        rest = text[match.end():]
-        rest = rest.split("Arguments received by", 1)[0]
-        paragraphs = [p.strip() for p in re.split(r"\n\s*\n", rest) if p.strip()]
-        if paragraphs:
-            text = " ".join(line.strip() for line in paragraphs[0].splitlines())
+        rest = text[match.end():].split("Arguments received by", 1)[0]
+        rest = " ".join(rest.split())
+        if rest:
+            text = rest
     elif text.startswith("Graph execution error"):
         lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(("File ", "  "))]
         text = lines[-1] if lines else text
     else:
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         text = lines[0] if lines else ""
-    text = text[:limit]
+    text = " ".join(text.split())[:limit]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

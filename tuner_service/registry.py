@@ -111,16 +111,18 @@ class Membership:
         self.started_at = time.time()
         self.agent_id = f"{host}/{self.pid}/{int(self.started_at)}"
         self._due = 0.0
+        self._studies: set[str] | None = None
 
     def beat(self, studies: list[str]) -> bool:
-        """Refresh the row (at most every ``BEAT_SECONDS``); True when somebody asked to drain."""
-        now = time.monotonic()
-        if now < self._due:
+        """Refresh the row every ``BEAT_SECONDS``, and at once when the studies served change
+        (``status`` shows them as soon as a slot takes one); True when somebody asked to drain."""
+        now, serving = time.monotonic(), {s for s in studies if s}
+        if now < self._due and serving == self._studies:
             return False
-        self._due = now + BEAT_SECONDS
+        self._due, self._studies = now + BEAT_SECONDS, serving
         try:
             return beat(self.storage, self.agent_id, host=self.host, pid=self.pid, slots=self.slots,
-                        studies=[s for s in studies if s], started_at=self.started_at)
+                        studies=sorted(serving), started_at=self.started_at)
         except Exception as exc:
             _log.warning("could not refresh the agents registry: %s", exc)
             return False

@@ -103,3 +103,10 @@ class SlowEpochs(kt.HyperModel):
         sleeper = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: time.sleep(pause))
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), sleeper]
         return model.fit(*args, **kwargs)
+
+
+def wrong_input_shape(hp):
+    """Expects flat 64-feature rows; the digits are 8x8 images: Keras' call error."""
+    model = keras.Sequential([keras.layers.Input(shape=(64,)), keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model

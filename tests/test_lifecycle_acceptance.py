@@ -22,6 +22,8 @@ import pytest
 from conftest import ENV, MODELS, cli, write_study
 from optuna.trial import TrialState
 
+from tuner_service.storage import open_storage
+
 pytestmark = pytest.mark.slow
 SLOW = f"{MODELS / 'tiny.py'}:Slow"
 
@@ -38,7 +40,9 @@ def _submit(workdir: Path, name: str, trials: int, storage: str = "sqlite:///t.d
     out = cli("submit", study_file, "--storage", storage, "--no-wait", cwd=workdir)
     assert out.returncode == 0, out.stdout + out.stderr
     url = f"sqlite:///{workdir / 't.db'}" if storage.startswith("sqlite") else storage
-    return optuna.load_study(study_name=name, storage=url)
+    # The service's storage (pooled connections pre-pinged): a plain URL's pool would hand this
+    # test a connection that a PostgreSQL restart closed.
+    return optuna.load_study(study_name=name, storage=open_storage(url))
 
 
 def _running(study: optuna.Study, timeout: float = 120, exclude: set[int] | None = None) -> optuna.trial.FrozenTrial:

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -33,6 +34,21 @@ if TYPE_CHECKING:
     from tuner_service.runners import Runner
 
 _log = logging.getLogger(__name__)
+
+
+#: Modules whose frames mean "the main thread is inside a storage call" to the signal handler.
+#: (The trial itself runs below ``tuner_service.lifecycle._driver``, which is not one of them.)
+_STORAGE_MODULES = ("sqlalchemy.", "psycopg", "sqlite3", "optuna.storages.", "tuner_service.lifecycle._sql",
+                    "tuner_service.lifecycle._transitions", "tuner_service.lifecycle._writes",
+                    "tuner_service.storage", "tuner_service._rdb")
+
+
+def _in_storage_call(frame: Any) -> bool:
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(_STORAGE_MODULES):
+            return True
+        frame = frame.f_back
+    return False
 
 
 @dataclass
@@ -90,13 +106,22 @@ class Worker:
         program (``submit`` from Python) to restore."""
         from tuner_service.runners import TrialInterrupted
 
-        def handler(signum: int, _frame: Any) -> None:
+        def handler(signum: int, frame: Any) -> None:
             self.stop()
             loop = self.loop
+            if loop is None or loop.current is None:
+                return
+            if _in_storage_call(frame):
+                # Raising inside a database call would leave its connection mid-statement (and
+                # the hand-back that follows on a broken pool): deliver the signal again shortly,
+                # once the call has returned to the trial's own code.
+                again = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+                again.daemon = True
+                again.start()
+                return
             # Raise into the trial only once: a terminal and a parent may both deliver SIGINT.
-            if loop is not None and loop.current is not None:
-                loop.current = None
-                raise TrialInterrupted(signal.Signals(signum).name)
+            loop.current = None
+            raise TrialInterrupted(signal.Signals(signum).name)
 
         def drain(_signum: int, _frame: Any) -> None:
             self.stop()

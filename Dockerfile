@@ -19,7 +19,10 @@ WORKDIR /work
 COPY pyproject.toml README.md* ./
 COPY tuner_service ./tuner_service
 # gunicorn serves the dashboard; it is only in the dev extra, so install it explicitly.
-RUN pip install '.[gpu,postgres]' 'gunicorn>=22' \
+# EXTRAS: add `ray` for a Ray cluster's image (deploy/kuberay-raycluster.yaml):
+#   docker build --build-arg EXTRAS=gpu,postgres,ray -t tuner-service .
+ARG EXTRAS=gpu,postgres
+RUN pip install ".[${EXTRAS}]" 'gunicorn>=22' \
     && rm -rf build ./*.egg-info
 
 COPY dashboards ./dashboards

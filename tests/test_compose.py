@@ -128,7 +128,8 @@ def test_env_example_and_dockerignore() -> None:
 def test_dockerfile() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
-    assert "pip install '.[gpu,postgres]'" in text
+    assert re.search(r"^ARG EXTRAS=gpu,postgres$", text, re.MULTILINE)
+    assert 'pip install ".[${EXTRAS}]"' in text
     assert re.search(r"^WORKDIR /work$", text, re.MULTILINE)
     users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
     assert users and users[-1] not in ("root", "0"), "the image must not run as root"

@@ -227,8 +227,8 @@ def test_two_trials_per_fake_gpu_on_two_nodes_run_eight_at_once(workdir: Path, p
 @pytest.mark.postgres
 def test_nodes_joining_and_leaving_mid_study(workdir: Path, pg_url: str, ray_cluster: Any) -> None:
     """One node, then a second joins (new actors on it), then it is removed while its trials
-    run: the driver survives and reports it, the lost trials are retried with the same
-    parameters, and the study ends with exactly max_trials COMPLETE trials, none RUNNING."""
+    run: the driver survives and reports it, the lost trials are retried (with the same
+    parameters where they had drawn any), and the study ends with exactly max_trials COMPLETE trials, none RUNNING."""
     cluster = ray_cluster({"TUNER_TEST_SLEEP": "15"})
     first = cluster.add_node(gpus=1, cpus=2)
     study = _submit(workdir, pg_url, "elastic", 6)
@@ -250,7 +250,10 @@ def test_nodes_joining_and_leaving_mid_study(workdir: Path, pg_url: str, ray_clu
         assert t.user_attrs["ray_node"] == second.node_id
         assert t.user_attrs["fail_reason"].startswith("Ray actor lost: its node"), t.user_attrs["fail_reason"]
         retry = [r for r in trials if r.system_attrs.get("failed_trial") == t.number]
-        assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == t.params
+        assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+        # The second actor's trial may be lost before its model drew any parameter: nothing to
+        # keep, so its retry draws afresh. One that had drawn them is retried with the same.
+        assert retry[0].params == t.params or not t.params, (t.params, retry[0].params)
         assert retry[0].user_attrs["ray_node"] == first.node_id
     assert f"({second.node_id[:8]}) joined" in out and f"({second.node_id[:8]}) left" in out, out
     assert "left the cluster; Ray restarts it where resources allow" in out, out

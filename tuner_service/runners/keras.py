@@ -21,8 +21,8 @@ from tuner_service.runners import Outcome, TrialInterrupted
 from tuner_service.runners._env import configure_gpu, device_name
 from tuner_service.runners._user_code import as_hypermodel, import_user_object
 
-#: Full garbage collections between trials: one every GC_EVERY trials (see KerasRunner._clear_session).
-GC_EVERY = int(os.environ.get("TUNER_SERVICE_GC_EVERY", "10"))
+#: Full garbage collections between trials: one every GC_EVERY trials (see SessionClearer).
+GC_EVERY = max(1, int(os.environ.get("TUNER_SERVICE_GC_EVERY", "10")))
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -83,6 +83,28 @@ def _make_reporter(keras: Any) -> Any:
     return EpochReporter
 
 
+class SessionClearer:
+    """Resets Keras between trials (``clear_session``). Keras' default also runs a full
+    ``gc.collect()``, which costs ~0.25 s per trial in a process that holds TensorFlow, the
+    user's code and data (benchmarks/RESULTS.md); this collects every ``GC_EVERY`` calls
+    instead, which keeps a runner's memory flat at a tenth of the cost."""
+
+    def __init__(self, keras: Any) -> None:
+        import inspect
+
+        self.keras = keras
+        self.calls = 0
+        self.takes_free_memory = "free_memory" in inspect.signature(keras.backend.clear_session).parameters
+
+    def __call__(self) -> None:
+        self.calls += 1
+        collect = self.calls % GC_EVERY == 0
+        if self.takes_free_memory:
+            self.keras.backend.clear_session(free_memory=collect)
+        else:  # older Keras 3: clear_session always collects
+            self.keras.backend.clear_session()
+
+
 class KerasRunner:
     """Runs trials of one study in this process; everything expensive is loaded once."""
 
@@ -97,10 +119,7 @@ class KerasRunner:
         self.data = data if data is not None else data_mod.load(spec.data, spec.seed)
         self.hypermodel = as_hypermodel(import_user_object(spec.model))
         self._reporter_cls = _make_reporter(keras)
-        self._trials_since_gc = 0
-        import inspect
-
-        self._clear_takes_free_memory = "free_memory" in inspect.signature(keras.backend.clear_session).parameters
+        self._clear_session = SessionClearer(keras)
         self.backend = keras.backend.backend()
         self.device = device_name(keras)
         self._gradient_registry = _tf_gradient_registry() if self.backend == "tensorflow" else None
@@ -308,19 +327,6 @@ class KerasRunner:
                 times.append((time.perf_counter() - t0) * 1000)
             out["latency_ms"] = round(float(np.median(times)), 4)
         return out
-
-    def _clear_session(self) -> None:
-        """Reset Keras between trials. Keras' default also runs a full ``gc.collect()``, which
-        costs ~0.25 s per trial on these machines (benchmarks/RESULTS.md); we collect every
-        ``GC_EVERY`` trials instead, which keeps a runner's memory flat at a tenth of the cost."""
-        self._trials_since_gc += 1
-        collect = self._trials_since_gc >= GC_EVERY
-        if self._clear_takes_free_memory:
-            self.keras.backend.clear_session(free_memory=collect)
-        else:  # older Keras 3: clear_session always collects
-            self.keras.backend.clear_session()
-        if collect:
-            self._trials_since_gc = 0
 
     def _tensorboard_callbacks(self, trial: optuna.Trial, hp: Any) -> list[Any]:
         """``fit.tensorboard: DIR``: per-trial logs in ``DIR/<study>/trial-<n>`` with the HParams

@@ -6,7 +6,7 @@ RESULTS.md. ``benchmarks/kt_dropin.py`` (the keras-tuner drop-in comparison) is 
 present and its output recorded verbatim. A benchmark that fails or times out is recorded as
 such; this script always exits 0 (benchmarks never fail CI).
 
-The arguments below keep the whole run near 20 minutes on 2 cores: 20 instead of 200 Keras
+The arguments below keep the whole run near 25 minutes on 2 cores: 20 instead of 200 Keras
 trials per system in ``overhead.py`` (how the overhead grows over 200 trials is what
 ``memory.py`` measures), 2 instead of 3 repeats and 12 instead of 25 trials per process in
 ``scaling.py``. Every script run alone with no arguments uses the full sizes, and ``--quick`` on
@@ -43,6 +43,7 @@ BENCHMARKS: list[tuple[str, list[str], int]] = [
     ("reader_latency.py", [], 300),
     ("multi_objective.py", [], 900),
     ("time_to_quality.py", [], 1800),
+    ("onednn.py", [], 600),
 ]
 DROPIN = ("kt_dropin.py", [], 600)
 

@@ -20,7 +20,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/tuner-service submit studies/digits.yaml --workers 2 --replace
 
-## The test suite (fast part); `make test-slow` runs the fault-injection tests.
+## The test suite (fast part); `make test-slow` runs the slow ones (faults, guides, Ray, longer searches).
 test: $(STAMP)
 	$(PYTEST) -m "not slow" --timeout 600 -q
 

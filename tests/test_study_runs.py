@@ -22,8 +22,9 @@ def _load(db, name):
     "tuner, trials, epochs, quality",
     [
         ("random", 4, 3, None),
-        ("tpe", 20, 6, 0.95),
-        ("bayesian", 20, 6, 0.95),
+        # The model-based tuners reach a quality bar: 20 trials each, so in `make test-slow`.
+        pytest.param("tpe", 20, 6, 0.95, marks=pytest.mark.slow),
+        pytest.param("bayesian", 20, 6, 0.95, marks=pytest.mark.slow),
     ],
 )
 def test_tuner_two_workers(workdir, tuner, trials, epochs, quality):

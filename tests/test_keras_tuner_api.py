@@ -260,6 +260,9 @@ def test_builds_do_not_run_a_full_garbage_collection_each(tmp_path: Path, digits
     tuner.search(x_tr[:200], y_tr[:200], epochs=1, validation_data=(x_val, y_val), verbose=0)
     assert _states(_study(tmp_path, "gc")) == {"COMPLETE": 4}
     assert calls == []  # keras-tuner: 8
+    import cloudpickle
+
+    assert cloudpickle.loads(cloudpickle.dumps(tuner)).project_name == "gc"  # as search(workers=N) sends it
 
 
 def test_bayesian_optimization(tmp_path: Path, digits: Any) -> None:

@@ -304,9 +304,10 @@ class BaseTuner(_kt.engine.base_tuner.BaseTuner):
         return self._study
 
     def __getstate__(self) -> dict[str, Any]:
-        # Storage handles, the open study, the chief's server and caches are per process.
+        # Storage handles, the open study, the chief's server, caches and the Keras session
+        # clearer are per process.
         state = dict(self.__dict__)
-        for key in ("_storage", "_study", "_sampler", "_ctx", "_server", "_cache", "_stash"):
+        for key in ("_storage", "_study", "_sampler", "_ctx", "_server", "_cache", "_stash", "_session_clearer"):
             state.pop(key, None)
         return state
 

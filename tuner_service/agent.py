@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner_service import attrs as A
 from tuner_service.errors import BadInput
+from tuner_service.registry import Membership, RegistryMember
 from tuner_service.scheduling import (  # noqa: F401  (REFUSAL_RECHECK_SECONDS, REFUSED_ATTR_PREFIX: re-exported)
     GPU_SHARE,
     REFUSAL_RECHECK_SECONDS,
@@ -123,7 +124,7 @@ def make_slots(gpus: list[str], trials_per_gpu: int, cpu_slots: int | None) -> l
     return slots
 
 
-class Agent:
+class Agent(RegistryMember):
     def __init__(self, storage_url: str | None, slots: list[Slot], *, studies: list[str] | None = None,
                  max_trials_per_runner: int = 50, memory_limit_mb: int | None = None,
                  console: Console | None = None) -> None:
@@ -138,8 +139,6 @@ class Agent:
         self._stopping = False
         self._draining = False
         self.host = socket.gethostname()
-        from tuner_service.registry import Membership
-
         self.membership = Membership(self.storage, self.host, len(self.slots))
         self.scheduler = Scheduler(self.storage, only=self.only, host=self.host, say=self._say)
 
@@ -319,16 +318,6 @@ class Agent:
                 signal.signal(s, h)
 
     # ------------------------------------------------------------------ registry and drain
-
-    def _beat_registry(self) -> None:
-        """Refresh this process's row in the agents' registry (what `status` shows); a drain
-        asked through it (`tuner-service agent --drain`) is heeded."""
-        if self.membership.beat([s.study for s in self.slots]) and not self._draining:
-            self._say("drain requested (tuner-service agent --drain)")
-            self._draining = True
-
-    def _leave_registry(self) -> None:
-        self.membership.leave()
 
     def _drain_runners(self) -> bool:
         """Ask every runner to finish its trial and stop (SIGUSR1); True once none is left."""

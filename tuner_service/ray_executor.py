@@ -53,8 +53,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tuner_service.errors import BadInput, StudyAborted
+from tuner_service.errors import BadInput
 from tuner_service.ray_actor import RAY_ACTOR, ActorSettings, RunnerActor, StorageURL
+from tuner_service.registry import Membership, RegistryMember
 from tuner_service.scheduling import ActiveStudy, Scheduler, count_by
 from tuner_service.storage import mask_password, open_storage, resolve_url, with_storage_retry
 
@@ -170,7 +171,7 @@ class Summary:
     by_node: dict[str, int] = field(default_factory=dict)  # node address -> trials run there
 
 
-class RayExecutor:
+class RayExecutor(RegistryMember):
     """Keeps runner actors busy on a Ray cluster with trials of every study that has budget left."""
 
     def __init__(self, storage_url: str | None, address: str, *, gpus: str = "all", trials_per_gpu: int = 1,
@@ -205,8 +206,6 @@ class RayExecutor:
         self._said_shape = False
         self._no_gpu_warned = False
         # The agents' registry (`status` lists this driver; `agent --drain` reaches it), as an agent.
-        from tuner_service.registry import Membership
-
         self.membership = Membership(self.storage, self.host, len(self.slots))
         self._draining = False
         self._drain_asked = False
@@ -257,16 +256,6 @@ class RayExecutor:
         self._draining = True
 
     # ------------------------------------------------------------------ registry and drain
-
-    def _beat_registry(self) -> None:
-        """Refresh this process's row in the agents' registry (what `status` shows); a drain
-        asked through it (`tuner-service agent --drain`) is heeded."""
-        if self.membership.beat([s.study for s in self.slots]) and not self._draining:
-            self._say("drain requested (tuner-service agent --drain)")
-            self._draining = True
-
-    def _leave_registry(self) -> None:
-        self.membership.leave()
 
     def _drain_actors(self) -> bool:
         """Actors running a trial are asked (``ray.cancel``: a flag their loop reads after each
@@ -609,9 +598,7 @@ def run_study(study: optuna.Study, spec: StudySpec, url: str, address: str, *, t
               cpus_per_trial: float | None = None, console: Console | None = None) -> Any:
     """``submit ... --ray ADDRESS``: run one registered study on the cluster with a progress
     bar, then report its best trial (as ``submit --workers`` does with local processes)."""
-    from tuner_service import attrs as A
     from tuner_service import service
-    from tuner_service import study as study_mod
 
     executor = RayExecutor(url, address, trials_per_gpu=trials_per_gpu, cpus_per_trial=cpus_per_trial,
                            studies=[spec.name], console=console)
@@ -623,10 +610,7 @@ def run_study(study: optuna.Study, spec: StudySpec, url: str, address: str, *, t
     finally:
         stop.set()
         progress.join()
-    counts = study_mod.Counts.for_study(study)
-    aborted = study.user_attrs.get(A.ABORTED) if not counts.done else None
-    if aborted:
-        raise StudyAborted(f"study {spec.name!r} stopped: {aborted}")
+    counts = service._counts_at_end(study, spec)
     if spec.name in executor.scheduler.refused:
         raise BadInput(f"study {spec.name!r} was not run: {executor.scheduler.refused[spec.name].reason}")
     service._report_best(study, spec, url, counts, console)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Boolean, Column, Float, Integer, MetaData, String, Table, Text, delete, insert, select, update
@@ -132,3 +133,24 @@ class Membership:
             leave(self.storage, self.agent_id)
         except Exception as exc:
             _log.warning("could not leave the agents registry: %s", exc)
+
+
+class RegistryMember:
+    """The agents' registry as a driver (the agent, the Ray driver) uses it: its
+    ``membership`` row, its ``slots`` (each serving ``.study``), its ``_draining`` flag and
+    its ``_say`` are the driver's own."""
+
+    membership: Membership
+    slots: list[Any]
+    _draining: bool
+    _say: Callable[[str], None]
+
+    def _beat_registry(self) -> None:
+        """Refresh this process's row in the agents' registry (what `status` shows); a drain
+        asked through it (`tuner-service agent --drain`) is heeded."""
+        if self.membership.beat([s.study for s in self.slots]) and not self._draining:
+            self._say("drain requested (tuner-service agent --drain)")
+            self._draining = True
+
+    def _leave_registry(self) -> None:
+        self.membership.leave()

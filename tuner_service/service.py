@@ -165,15 +165,22 @@ def run_local(
     finally:
         stop.set()
         progress.join()
-    counts = study_mod.Counts.for_study(study)
-    aborted = study.user_attrs.get(A.ABORTED) if not counts.done else None
-    if aborted:
-        raise StudyAborted(f"study {spec.name!r} stopped: {aborted}")
+    counts = _counts_at_end(study, spec)
     crashed = [p.returncode for p in procs if p.returncode not in (0, None, -signal.SIGINT, -signal.SIGTERM, 130)]
     if crashed and not counts.done:
         raise WorkersFailed(f"worker processes exited with codes {crashed} and {counts.remaining + counts.waiting} "
                             f"trial(s) not run; see their output above, then continue with --resume")
     _report_best(study, spec, url, counts, console)
+    return counts
+
+
+def _counts_at_end(study: optuna.Study, spec: StudySpec) -> study_mod.Counts:
+    """The study's counts once its drivers have returned; ``StudyAborted`` (with the reason)
+    when it was stopped short."""
+    counts = study_mod.Counts.for_study(study)
+    aborted = study.user_attrs.get(A.ABORTED) if not counts.done else None
+    if aborted:
+        raise StudyAborted(f"study {spec.name!r} stopped: {aborted}")
     return counts
 
 

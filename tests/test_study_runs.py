@@ -120,6 +120,22 @@ def test_failing_trials_are_recorded_and_the_worker_goes_on(workdir):
     assert not any(t.params["poison"] for t in complete)
 
 
+def test_three_failures_in_a_row_stop_the_study_and_submit_says_why(workdir):
+    """The user's default (3 consecutive final failures stop the study): submit exits 3 with
+    the reason in one line, and no trial is left RUNNING or WAITING."""
+    study_file = write_study(workdir, "poisoned", model=f"{MODELS / 'tiny.py'}:nan_sometimes", objective="val_loss",
+                             budget={"max_trials": 6}, enqueue=[{"poison": True}] * 3)
+    out = cli("submit", study_file, "--storage", "sqlite:///t.db", cwd=workdir)
+    assert out.returncode == 3, out.stdout + out.stderr
+    lines = [line for line in out.stderr.splitlines() if "stopped" in line]
+    assert len(lines) == 1 and "study 'poisoned' stopped:" in lines[0] and "3" in lines[0], out.stderr
+    # Each trial's new model is traced once by design: TensorFlow's retracing alarm is not shown.
+    assert "retracing" not in out.stdout + out.stderr
+    study = _load(workdir / "t.db", "poisoned")
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.FAIL) == 3 and TrialState.RUNNING not in states and TrialState.WAITING not in states
+
+
 def test_builder_that_always_raises_is_rejected_before_writing(workdir):
     study_file = write_study(workdir, "boom", model=f"{MODELS / 'tiny.py'}:raises", budget={"max_trials": 10})
     out = cli("submit", study_file, "--storage", "sqlite:///t.db", cwd=workdir)

@@ -42,6 +42,25 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
+class _NotRetracing:
+    """Drops TensorFlow's "N out of the last N calls to <function> triggered tf.function
+    retracing" warning: every trial builds a new model, so each trial's train and test
+    functions are traced once, by design; the warning would only alarm."""
+
+    def filter(self, record: Any) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def quiet_tensorflow() -> None:
+    """In the service's own processes only (as :func:`quiet_optuna`): TensorFlow's retracing
+    warning off (:class:`_NotRetracing`); its other messages stay. Imports nothing."""
+    import logging
+
+    tf_logger = logging.getLogger("tensorflow")
+    if not any(isinstance(f, _NotRetracing) for f in tf_logger.filters):
+        tf_logger.addFilter(_NotRetracing())
+
+
 def apply_speed(speed: Any) -> None:
     """A study's ``speed.onednn``, set before TensorFlow is imported (it reads the variable
     once); when it already is, a different setting is reported rather than silently ignored."""

@@ -94,3 +94,26 @@ def test_a_database_blip_while_build_model_draws_a_parameter_is_retried():
     units = hp.Int("units", 8, 64, step=8)
     assert storage.failures == 0
     assert study.trials[0].params == {"units": units} and hp.values == {"units": units}
+
+
+def test_after_an_outage_the_liveness_margin_counts_from_the_attempt_that_succeeds():
+    """Issue 12.4: a driver retrying with backoff (up to 10 s between attempts) saw its last
+    failure up to 10 s before the database came back; a stale check inside the attempt that
+    succeeded then judged at once, before the live runs' heartbeats resumed (a PostgreSQL
+    outage test failed a live trial that way). The margin counts from that attempt."""
+    from sqlalchemy.exc import OperationalError
+
+    from tuner_service.lifecycle import healthy_for
+    from tuner_service.storage import with_storage_retry
+
+    failures, seen = [2], []
+
+    def call():
+        if failures[0]:
+            failures[0] -= 1
+            raise OperationalError("SELECT", None, ConnectionRefusedError("connection refused"))
+        seen.append(healthy_for())  # what fail_stale would check here
+        return "ok"
+
+    assert with_storage_retry(call, what="a test") == "ok"
+    assert seen[0] < 0.3, f"healthy for {seen[0]:.2f} s inside the first attempt that worked"

@@ -181,6 +181,10 @@ def with_storage_retry(fn: Any, *args: Any, what: str = "storage", **kwargs: Any
                 warned = True
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
+            # Until an attempt succeeds the outage may still be on: a stale check inside the
+            # attempt that succeeds must count its liveness margin from now, not from the last
+            # failure up to 10 s ago (the live runs' heartbeats may not have resumed yet).
+            note_storage_error()
             continue
         if warned:
             log.warning("storage reachable again (%s)", what)

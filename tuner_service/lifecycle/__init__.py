@@ -94,8 +94,10 @@ longer ago than that. A driver checks staleness only after its own storage acces
 healthy for ``LIVENESS_MARGIN`` seconds (two heartbeat intervals): after a storage outage,
 every live run's heartbeat thread gets that long to write again before anyone judges it, so
 an outage longer than the grace period fails no live trial. A process counts as having just
-seen an outage when it starts, and whenever any of its database calls fails on a connection
-error (an SQLAlchemy ``handle_error`` hook on the engine, and the heartbeat thread).
+seen an outage when it starts, whenever any of its database calls fails on a connection
+error (an SQLAlchemy ``handle_error`` hook on the engine, and the heartbeat thread), and when
+a call retried with backoff tries again (the margin counts from the attempt that succeeds,
+not from the last failure, which may be 10 s older than the database's return).
 
 Transient storage errors (connection lost, server gone, lock timeouts) are retried by the
 drivers with backoff (:func:`tuner_service.storage.with_storage_retry`); any other database

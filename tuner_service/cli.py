@@ -523,12 +523,11 @@ def main() -> None:
     except ImportError:  # pragma: no cover - older typer on plain click
         from click import exceptions as click_exc
 
-    from tuner_service.runners._env import process_defaults, quiet_optuna, quiet_tensorflow
+    from tuner_service.runners._env import process_defaults, quiet_optuna
 
     process_defaults()  # the CLI's own process (submit runs a worker in it): TensorFlow's settings
     if len(sys.argv) > 1 and sys.argv[1] not in _READ_COMMANDS:  # the read commands never import Optuna
         quiet_optuna()
-        quiet_tensorflow()
     try:
         code = app(standalone_mode=False)
     except click_exc.NoArgsIsHelpError:

@@ -84,7 +84,7 @@ class RunnerActor:
             os.chdir(settings.workdir)
             if settings.workdir not in sys.path:  # `package.module:attr` models, as `python -m` finds them
                 sys.path.insert(0, settings.workdir)
-        from tuner_service.runners._env import process_defaults, quiet_tensorflow
+        from tuner_service.runners._env import process_defaults
         from tuner_service.scheduling import runner_env, shared_gpu_cap_mb
 
         self.settings = settings
@@ -94,7 +94,6 @@ class RunnerActor:
         os.environ.update(runner_env(os.environ, cuda_visible_devices=visible, memory_mb=self.gpu_memory_mb,
                                      sharing=settings.trials_per_gpu if settings.gpu else 1))
         process_defaults()
-        quiet_tensorflow()
         self.slot = f"ray/gpu{visible}" if settings.gpu else "ray/cpu"
         self.runs = 0
 

@@ -203,12 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m tuner_service.worker NAME [--storage URL] [--index I] [--threads T] ...``."""
     import argparse
 
-    from tuner_service.runners._env import process_defaults, quiet_optuna, quiet_tensorflow
+    from tuner_service.runners._env import process_defaults, quiet_optuna
     from tuner_service.storage import mask_password
 
     process_defaults()  # our own process: TensorFlow's settings before it is imported
     quiet_optuna()
-    quiet_tensorflow()
     p = argparse.ArgumentParser(prog="tuner_service.worker")
     p.add_argument("study")
     p.add_argument("--storage")

@@ -21,11 +21,13 @@ PROCESS_DEFAULTS = {
 
 
 def process_defaults(env: dict[str, str] | None = None) -> dict[str, str]:
-    """Apply :data:`PROCESS_DEFAULTS` to ``env`` (default: this process's environment)
-    where not set; returns ``env``."""
+    """Apply :data:`PROCESS_DEFAULTS` to ``env`` (default: this process's environment, which
+    also gets :func:`quiet_tensorflow`) where not set; returns ``env``."""
     target = os.environ if env is None else env
     for key, value in PROCESS_DEFAULTS.items():
         target.setdefault(key, value)
+    if env is None:
+        quiet_tensorflow()
     return target  # type: ignore[return-value]
 
 
@@ -52,8 +54,8 @@ class _NotRetracing:
 
 
 def quiet_tensorflow() -> None:
-    """In the service's own processes only (as :func:`quiet_optuna`): TensorFlow's retracing
-    warning off (:class:`_NotRetracing`); its other messages stay. Imports nothing."""
+    """In the service's own processes only (part of :func:`process_defaults`): TensorFlow's
+    retracing warning off (:class:`_NotRetracing`); its other messages stay. Imports nothing."""
     import logging
 
     tf_logger = logging.getLogger("tensorflow")

@@ -1,9 +1,10 @@
-"""Samplers side by side with parallel workers: the service's ``bayesian`` tuner against Optuna's
-own ``GPSampler`` and the service's ``tpe``, on Branin (2-d) and Hartmann6 (6-d).
+"""Samplers side by side with parallel workers: the service's ``bayesian`` tuner (both
+acquisitions) against Optuna's own ``GPSampler`` and the service's ``tpe``, on Branin (2-d) and
+Hartmann6 (6-d).
 
-Why: ``bayesian`` is the service's own Gaussian process (scikit-learn, keras-tuner's GP-UCB, no
-torch); Optuna 5 ships ``GPSampler`` (torch). Is ours as good, with workers running in parallel,
-and at what cost per suggestion?
+Why: ``bayesian`` is the service's own Gaussian process (scikit-learn, no torch); Optuna 5 ships
+``GPSampler`` (torch). Is ours as good, with workers running in parallel, and at what cost per
+suggestion?
 
 Every run is one study in Optuna's ``InMemoryStorage`` with ``--workers`` threads, each with its
 own ``Study`` object and its own sampler (as the service's worker processes have: the tuner's
@@ -12,13 +13,19 @@ Each evaluation sleeps ``--eval-seconds`` after computing the function, so while
 suggests, the others' trials are RUNNING with known parameters, as with real (slow) trials; how
 each sampler treats those pending trials is what parallel search tests:
 
-- ``bayesian`` (``tuners.make`` for tuner ``bayesian``: ``tuner_service.tuners.bayesian.BayesianSampler``):
-  Matern 5/2 GP (scikit-learn, 20 optimiser restarts), lower confidence bound ``mean - 2.6 std``
-  over 2000 random candidates + 5 L-BFGS-B refinements; random for the first ``3 x dimensions``
-  completed trials. RUNNING trials with a point (their params, or the proposal they claimed in
-  system attributes) enter the GP as fantasies at the pessimistic ``mean + std`` (keras-tuner's
-  rule; the kernel stays as fitted on completed trials), and no point any trial holds or claims is
-  proposed again.
+- ``bayesian`` (``tuners.make`` for tuner ``bayesian``, its default ``acquisition: ei``:
+  ``tuner_service.tuners.bayesian.BayesianSampler``): ``scale * Matern 5/2`` GP with one length
+  scale per parameter and a fitted noise level (scikit-learn; each fit warm-started from the
+  sampler's previous one, one random restart), log expected improvement over 2000 random
+  candidates + L-BFGS-B refinements from the best 5 and the best trial; random for the first
+  ``3 x dimensions`` completed trials. RUNNING trials with a point (their params, or the
+  proposal they claimed in system attributes) enter the GP as fantasies at the pessimistic
+  ``mean + std`` (keras-tuner's rule; the kernel stays as fitted on completed trials), and no
+  point any trial holds or claims is proposed again.
+- ``bayesian_ucb`` (tuner ``bayesian`` with ``acquisition: ucb``, what ``kt.BayesianOptimization``
+  runs, and what ``bayesian`` was until 2026-12-06): keras-tuner's GP: one length scale, fixed
+  noise ``alpha``, 20 optimiser restarts, lower confidence bound ``mean - 2.6 std``; the same
+  candidates, start, fantasies and exclusion as above.
 - ``GPSampler`` (``optuna.samplers.GPSampler(seed=...)``, defaults): Matern 5/2 ARD GP fitted in
   torch (priors on length scales, scale and noise; warm-started from its previous fit), log
   expected improvement maximised from 2048 quasi-random points and the best trial by 10 batched
@@ -64,8 +71,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, fmt, log, machine, make_spec, median, parser, table  # noqa: E402
 from search_quality import FUNCTIONS  # noqa: E402
 
-SAMPLERS = ("bayesian", "gp", "tpe")
-LABEL = {"bayesian": "bayesian (service)", "gp": "GPSampler (Optuna)", "tpe": "tpe (service)", "random": "random"}
+SAMPLERS = ("bayesian", "bayesian_ucb", "gp", "tpe")
+LABEL = {"bayesian": "bayesian (service, ei)", "bayesian_ucb": "bayesian (service, ucb)", "gp": "GPSampler (Optuna)",
+         "tpe": "tpe (service)", "random": "random"}
 NO_TORCH = "GPSampler needs torch (pip install torch); compared bayesian and TPE only"
 
 
@@ -81,7 +89,7 @@ def startup_trials(name: str, dims: int) -> int:
     """Completed trials before the sampler's model is used (each sampler's default)."""
     from tuner_service.tuners import BayesianOptions, TPEOptions
 
-    if name == "bayesian":
+    if name.startswith("bayesian"):
         return BayesianOptions().num_initial_points or max(3 * dims, 3)
     if name == "tpe":
         return TPEOptions().n_startup_trials
@@ -98,7 +106,8 @@ def build_sampler(name: str, seed: int, worker: int) -> Any:
         return optuna.samplers.GPSampler(seed=(seed + 7919 * worker) % 2**32)
     from tuner_service import tuners
 
-    return tuners.make(make_spec(f"{name}_{seed}", tuner=name, seed=seed), worker)[0]
+    tuner: str | dict[str, Any] = {"name": "bayesian", "acquisition": "ucb"} if name == "bayesian_ucb" else name
+    return tuners.make(make_spec(f"{name}_{seed}", tuner=tuner, seed=seed), worker)[0]
 
 
 def timed_sampler(inner: Any, dims: int) -> Any:
@@ -251,7 +260,7 @@ def report(results: list[dict[str, Any]], names: list[str], budgets: list[int], 
                     "-" if name == "random" else (fmt(cpu) if model_cpu else "n/a"),
                     "-" if name == "random" or not model_cpu or not base_cpu > 0 else f"{fmt(cpu / base_cpu, 2)}x",
                 ])
-            pairs = [("bayesian", other) for other in ("gp", "tpe") if other in names]
+            pairs = [("bayesian", other) for other in ("bayesian_ucb", "gp", "tpe") if other in names]
             for a, b in pairs:
                 ra = [by[(fn_name, a, budget, s)]["regret"] for s in range(seeds)]
                 rb = [by[(fn_name, b, budget, s)]["regret"] for s in range(seeds)]

@@ -15,8 +15,10 @@ from conftest import rival_claims_the_same_point
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from tuner_service import tuners
+from tuner_service.errors import BadInput
 from tuner_service.tuners._unique import Space
-from tuner_service.tuners.bayesian import PROPOSAL_ATTR, BayesianSampler
+from tuner_service.tuners.bayesian import PROPOSAL_ATTR, BayesianSampler, log_expected_improvement
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -37,12 +39,40 @@ def _best(sampler: optuna.samplers.BaseSampler, n_trials: int = 30) -> float:
     return study.best_value
 
 
-def test_beats_random_search_on_branin() -> None:
+@pytest.mark.parametrize("acquisition", ["ei", "ucb"])
+def test_beats_random_search_on_branin(acquisition: str) -> None:
     seeds = range(3)
-    bayes = sum(_best(BayesianSampler(seed=s)) for s in seeds) / 3
+    bayes = sum(_best(BayesianSampler(seed=s, acquisition=acquisition)) for s in seeds) / 3
     rand = sum(_best(optuna.samplers.RandomSampler(seed=s)) for s in seeds) / 3
     assert bayes < rand
     assert bayes < 1.5  # global minimum 0.398; random search averages about 2 here
+
+
+def test_log_expected_improvement_is_the_closed_form_and_finite_far_from_the_best() -> None:
+    from scipy.stats import norm
+
+    mean = np.array([-1.0, 0.0, 0.5, 2.0, 5.0])
+    std = np.array([1.0, 0.5, 2.0, 1.0, 1.5])
+    z = (0.0 - mean) / std
+    exact = std * (z * norm.cdf(z) + norm.pdf(z))
+    assert np.allclose(np.exp(log_expected_improvement(mean, std, 0.0)), exact, rtol=1e-9)
+    # 40 and 400 standard deviations above the best: plain EI is 0 (or denormal), log EI finite and
+    # still decreasing, so the optimiser has a slope to follow back towards the best.
+    far = log_expected_improvement(np.array([40.0, 41.0, 400.0]), np.ones(3), 0.0)
+    assert np.all(np.isfinite(far)) and far[0] > far[1] > far[2]
+    assert abs(far[2] - (-0.5 * 400**2 - 0.5 * math.log(2 * math.pi) - 2 * math.log(400))) < 1e-3
+
+
+def test_beta_means_keras_tuners_ucb_and_is_refused_with_ei() -> None:
+    assert tuners.validate_options("bayesian", {})["acquisition"] == "ei"
+    assert tuners.validate_options("bayesian", {"beta": 3.0})["acquisition"] == "ucb"
+    # A study stored before "ei" existed has beta 2.6 and no acquisition: it resumes as it ran.
+    assert tuners.validate_options("bayesian", {"alpha": 1e-4, "beta": 2.6})["acquisition"] == "ucb"
+    with pytest.raises(BadInput, match="beta weighs the confidence bound of acquisition: ucb .*set acquisition: ucb"):
+        tuners.validate_options("bayesian", {"acquisition": "ei", "beta": 3.0})
+    assert BayesianSampler(beta=1.0)._acquisition_name == "ucb"
+    with pytest.raises(ValueError, match="beta"):
+        BayesianSampler(beta=1.0, acquisition="ei")
 
 
 def test_maximize_is_the_mirror_of_minimize() -> None:

@@ -273,7 +273,8 @@ def test_bayesian_optimization(tmp_path: Path, digits: Any) -> None:
     tuner.search(x_tr[:600], y_tr[:600], epochs=1, validation_data=(x_val, y_val), verbose=0)
     study = _study(tmp_path, "bo")
     assert _states(study) == {"COMPLETE": 4}
-    assert study.user_attrs["spec"]["tuner"]["options"] == {"num_initial_points": 2, "alpha": 1e-3, "beta": 3.0}
+    assert study.user_attrs["spec"]["tuner"]["options"] == {"num_initial_points": 2, "alpha": 1e-3, "acquisition": "ucb",
+                                                           "beta": 3.0}  # keras-tuner's model
     assert type(tuner._get_study().sampler).__name__ == "BayesianSampler"
     assert tuner.get_best_hyperparameters(1)[0].values == study.best_params
 

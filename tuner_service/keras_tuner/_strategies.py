@@ -70,8 +70,8 @@ def strategy_of(oracle: Any) -> Strategy:
     if _own(oracle, oracles.GridSearchOracle):
         return Strategy("grid", "random", max_trials=max_trials)
     if max_trials is not None and _own(oracle, oracles.BayesianOptimizationOracle):
-        return Strategy("sampler", "bayesian", {"num_initial_points": oracle.num_initial_points,
-                                                "alpha": oracle.alpha, "beta": oracle.beta}, max_trials=max_trials)
+        return Strategy("sampler", "bayesian", {"num_initial_points": oracle.num_initial_points, "alpha": oracle.alpha,
+                                                "acquisition": "ucb", "beta": oracle.beta}, max_trials=max_trials)
     if max_trials is not None and _own(oracle, oracles.RandomSearchOracle):
         return Strategy("sampler", "random", max_trials=max_trials)
     return Strategy("oracle", "random", max_trials=max_trials)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tuner_service.errors import BadInput
 
@@ -59,7 +59,24 @@ class NSGA2Options(_Options):
 class BayesianOptions(_Options):
     num_initial_points: int | None = Field(None, ge=1, description="default: 3 x number of hyperparameters")
     alpha: float = Field(1e-4, gt=0)
-    beta: float = Field(2.6, ge=0)
+    acquisition: Literal["ei", "ucb"] = Field("ei", description="default: ucb when beta is given, else ei")
+    beta: float | None = Field(None, ge=0, description="ucb's exploration weight; default 2.6 (keras-tuner's)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _beta_means_ucb(cls, data: Any) -> Any:
+        # beta only weighs ucb's bound; studies stored before "ei" existed have beta and ran ucb
+        if isinstance(data, dict) and data.get("beta") is not None and "acquisition" not in data:
+            return {**data, "acquisition": "ucb"}
+        return data
+
+    @field_validator("beta")
+    @classmethod
+    def _beta_needs_ucb(cls, beta: float | None, info: ValidationInfo) -> float | None:
+        if beta is not None and info.data.get("acquisition") != "ucb":
+            raise ValueError("beta weighs the confidence bound of acquisition: ucb (keras-tuner's); "
+                             "set acquisition: ucb or remove beta")
+        return beta
 
 
 @dataclass(frozen=True)
@@ -153,7 +170,8 @@ def _bayesian(spec: StudySpec, worker: int) -> tuple[Any, Any]:
 
     o = BayesianOptions(**spec.tuner.options)
     sampler = BayesianSampler(
-        num_initial_points=o.num_initial_points, alpha=o.alpha, beta=o.beta, seed=(spec.seed + 7919 * worker) % 2**32
+        num_initial_points=o.num_initial_points, alpha=o.alpha, beta=o.beta, acquisition=o.acquisition,
+        seed=(spec.seed + 7919 * worker) % 2**32,
     )
     return sampler, optuna.pruners.NopPruner()
 
@@ -165,7 +183,8 @@ TUNERS: dict[str, Tuner] = {
     "hyperband": Tuner(HyperbandOptions, _hyperband, "Hyperband pruning with epochs as the resource",
                        max_objectives=1),
     "bohb": Tuner(BOHBOptions, _bohb, "Hyperband pruning + the service's TPE (BOHB)", max_objectives=1),
-    "bayesian": Tuner(BayesianOptions, _bayesian, "Gaussian-process Bayesian optimisation (UCB), like keras-tuner's",
+    "bayesian": Tuner(BayesianOptions, _bayesian, "Gaussian-process Bayesian optimisation: log EI on an ARD GP, "
+                                                   "or keras-tuner's UCB",
                       max_objectives=1),
     "nsga2": Tuner(NSGA2Options, _nsga2, "NSGA-II genetic search for Pareto fronts (constraint-aware)"),
 }
@@ -200,7 +219,8 @@ def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
         if err["type"] == "extra_forbidden":
             valid = ", ".join(tuner.options.model_fields) or "none"
             raise BadInput(f"tuner {name!r} has no option {field!r}; valid options: {valid}") from None
-        raise BadInput(f"tuner {name!r} option {field}: {err['msg']} (got {err.get('input')!r})") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise BadInput(f"tuner {name!r} option {field}: {msg} (got {err.get('input')!r})") from None
 
 
 def make(spec: StudySpec, worker: int = 0) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:

@@ -1,5 +1,6 @@
-"""Gaussian-process Bayesian optimisation as an Optuna sampler, numerically like keras-tuner's
-``BayesianOptimization`` oracle.
+"""Gaussian-process Bayesian optimisation as an Optuna sampler, without torch: by default log
+expected improvement on an ARD Gaussian process (the ideas of Optuna's ``GPSampler``), or
+keras-tuner's ``BayesianOptimization`` oracle numerically (``acquisition="ucb"``).
 
 Contract of :class:`BayesianSampler`:
 
@@ -8,34 +9,49 @@ Contract of :class:`BayesianSampler`:
 * The relative search space is the intersection of the completed trials' distributions,
   without single-valued ones. Parameters outside it (conditional ones, and all of them before
   the first trial completes) are drawn at random in :meth:`BayesianSampler.sample_independent`.
-* Until ``num_initial_points`` trials have completed the point is random; after that it
-  minimises the lower confidence bound ``mean - beta * std`` of a GP (Matern 5/2, ``alpha`` on
-  the diagonal, normalised targets) fitted on parameters scaled to [0, 1] (log parameters in
-  log space, integers, steps and categoricals as keras-tuner's centred buckets). Maximised
-  objectives are negated.
+* Until ``num_initial_points`` trials have completed the point is random; after that a GP is
+  fitted on parameters scaled to [0, 1] (log parameters in log space, integers, steps and
+  categoricals as keras-tuner's centred buckets) and normalised targets. Maximised objectives
+  are negated, so the GP always minimises.
+
+  - ``acquisition="ei"`` (default): kernel ``scale * Matern52`` with one length scale per
+    parameter (ARD) plus a fitted noise level (``WhiteKernel``; ``alpha`` stays on the diagonal
+    as jitter). Each sampler warm-starts the kernel's hyperparameters from its previous fit (one
+    random restart), as GPSampler does. The point maximises ``log EI`` below the best observed
+    value, computed without underflow far from it (Ament et al. 2023, "Unexpected improvements
+    to expected improvement"), over 2000 random candidates refined by L-BFGS-B from the best 5
+    and from the best observed point.
+  - ``acquisition="ucb"``: keras-tuner's oracle: one length scale (``Matern(nu=2.5)``), fixed
+    ``alpha`` on the diagonal, 20 restarts, lower confidence bound ``mean - beta * std``.
+
 * No trial gets the parameter set of any other trial of the study (any state) while an unseen
   point exists: RUNNING/WAITING trials enter the GP as pessimistic fantasies (keras-tuner's
-  ``mean + std``), every point seen is excluded, and each proposal is claimed in the trial's
+  ``mean + std``, the kernel as fitted on completed trials; the best observed value stays the
+  real one), every point seen is excluded, and each proposal is claimed in the trial's
   system attributes and re-checked against the other trials' claims (the shared machinery of
   :mod:`tuner_service.tuners._unique`, also used by the ``tpe`` tuner). When a discrete space is
   exhausted the sampler falls back to random values.
 * With a seed, one worker's sequence of suggestions is deterministic. Single-objective studies only.
+
+``benchmarks/samplers.py`` compares both acquisitions with GPSampler and TPE on Branin and
+Hartmann6 with 4 parallel workers.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 from scipy.optimize import minimize
+from scipy.special import erfcx, log_ndtr
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
-from sklearn.gaussian_process.kernels import Matern
+from sklearn.gaussian_process.kernels import ConstantKernel, Kernel, Matern, WhiteKernel
 from threadpoolctl import threadpool_limits
 
 from tuner_service.tuners._unique import Claims, Key, Space
@@ -45,17 +61,39 @@ PARTIAL_ATTR = "bayesian:partial"  # trial system attr: params so far + the inde
 
 _N_CANDIDATES = 2000  # random acquisition candidates; bounds the cost of one suggestion
 _N_REFINE = 5  # L-BFGS-B refinements from the best candidates (keras-tuner restarts 50 times)
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 _PENDING = (TrialState.RUNNING, TrialState.WAITING)
 
 
+def log_expected_improvement(mean: np.ndarray, std: np.ndarray, best: float) -> np.ndarray:
+    """``log E[max(best - f, 0)]`` for ``f ~ N(mean, std**2)``, finite however far ``mean`` lies
+    above ``best`` (plain EI underflows to 0 there and leaves the optimiser no slope).
+
+    ``EI = std * h(z)`` with ``z = (best - mean) / std`` and ``h(z) = phi(z) + z Phi(z)``; for
+    ``z <= -1``, ``h(z) = phi(z) (1 + z Phi(z)/phi(z))`` and ``Phi(z)/phi(z) = sqrt(pi/2)
+    erfcx(-z/sqrt(2))``, which stays finite (LogEI, Ament et al. 2023)."""
+    std = np.maximum(std, 1e-12)
+    z = (best - mean) / std
+    log_h = np.empty_like(z)
+    near = z > -1
+    zn = z[near]
+    log_h[near] = np.log(np.exp(-0.5 * zn**2 - _LOG_SQRT_2PI) + zn * np.exp(log_ndtr(zn)))
+    zf = z[~near]
+    log_h[~near] = -0.5 * zf**2 - _LOG_SQRT_2PI + np.log1p(zf * math.sqrt(math.pi / 2) * erfcx(-zf / math.sqrt(2)))
+    return np.log(std) + log_h
+
+
 class BayesianSampler(optuna.samplers.BaseSampler):
-    """GP-UCB sampler equivalent to keras-tuner's BayesianOptimization oracle (see module doc).
+    """Gaussian-process sampler: log EI on an ARD GP, or keras-tuner's GP-UCB (see module doc).
 
     Args:
         num_initial_points: completed trials sampled at random before the GP is used; default
             ``max(3 * dimensions, 3)`` as in keras-tuner.
-        alpha: noise added to the GP kernel diagonal (in normalised target units).
-        beta: exploration weight of the confidence bound.
+        alpha: value added to the GP kernel diagonal (in normalised target units): the noise for
+            ``ucb``, a jitter under the fitted noise for ``ei``.
+        beta: exploration weight of the confidence bound (``ucb`` only; default 2.6 as keras-tuner).
+        acquisition: ``"ei"`` (log expected improvement, ARD kernel) or ``"ucb"`` (keras-tuner's);
+            default ``"ucb"`` when ``beta`` is given, else ``"ei"``.
         seed: seed for the random phase, the candidates and the GP restarts.
     """
 
@@ -63,12 +101,21 @@ class BayesianSampler(optuna.samplers.BaseSampler):
         self,
         num_initial_points: int | None = None,
         alpha: float = 1e-4,
-        beta: float = 2.6,
+        beta: float | None = None,
         seed: int | None = None,
+        acquisition: Literal["ei", "ucb"] | None = None,
     ) -> None:
+        if acquisition is None:
+            acquisition = "ei" if beta is None else "ucb"
+        if acquisition not in ("ei", "ucb"):
+            raise ValueError(f"acquisition must be 'ei' or 'ucb', got {acquisition!r}")
+        if beta is not None and acquisition != "ucb":
+            raise ValueError("beta weighs the confidence bound of acquisition='ucb'; it has no effect with 'ei'")
         self._num_initial_points = num_initial_points
         self._alpha = alpha
-        self._beta = beta
+        self._beta = 2.6 if beta is None else beta
+        self._acquisition_name = acquisition
+        self._kernel: Kernel | None = None  # the last fitted "ei" kernel: the next fit starts from it
         self._rng = np.random.RandomState(seed)
         self._random = optuna.samplers.RandomSampler(seed=seed)
         self._claims = Claims(PROPOSAL_ATTR, PARTIAL_ATTR)
@@ -134,17 +181,33 @@ class BayesianSampler(optuna.samplers.BaseSampler):
         return self._claims.independent(study, trial, param_name, param_distribution, draw, self._rng)
 
     def _fit_gp(self, x: np.ndarray, y: np.ndarray) -> GaussianProcessRegressor:
-        """keras-tuner's GP; fewer optimiser restarts on large data keep a suggestion near one second."""
+        """``ucb``: keras-tuner's GP (fewer optimiser restarts on large data keep a suggestion near one
+        second). ``ei``: the ARD kernel with fitted noise, warm-started from this sampler's last fit."""
+        if self._acquisition_name == "ucb":
+            kernel: Kernel = Matern(nu=2.5)
+            restarts = 20 if len(y) <= 100 else 3  # 20 as keras-tuner
+        else:
+            last = self._kernel
+            if last is not None and last.n_dims == 2 + x.shape[1]:  # log scale, length scales, noise
+                kernel = last
+            else:
+                kernel = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(
+                    length_scale=np.full(x.shape[1], 0.5), length_scale_bounds=(1e-2, 1e1), nu=2.5
+                ) + WhiteKernel(1e-3, (1e-6, 1e-1))
+            restarts = 1
         gp = GaussianProcessRegressor(
-            kernel=Matern(nu=2.5),
+            kernel=kernel,
             alpha=self._alpha,
             normalize_y=True,
-            n_restarts_optimizer=20 if len(y) <= 100 else 3,  # 20 as keras-tuner
+            n_restarts_optimizer=restarts,
             random_state=self._rng.randint(2**31 - 1),
         )
         with warnings.catch_warnings():  # length scales at their bounds are expected on flat objectives
             warnings.simplefilter("ignore", ConvergenceWarning)
-            return gp.fit(x, y)
+            gp.fit(x, y)
+        if self._acquisition_name == "ei":
+            self._kernel = gp.kernel_
+        return gp
 
     def _acquisition(
         self,
@@ -154,37 +217,41 @@ class BayesianSampler(optuna.samplers.BaseSampler):
         keys: np.ndarray,
         exhaustive: bool,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate keys and their ``mean - beta * std`` (lower is better) under the GP with fantasies."""
+        """Candidate keys and their scores (lower is better: ``mean - beta * std``, or ``-log EI``)
+        under the GP with fantasies."""
         x = space.encode(np.array([k for k, _ in obs]))
         y = np.array([v for _, v in obs])
         gp = self._fit_gp(x, y)
+        best = float(y.min())
         if pending:
             # Fantasise running trials at a pessimistic value (keras-tuner) so workers spread out;
             # the kernel stays as fitted on real data only.
             xp = space.encode(np.array(pending))
             mu, sd = gp.predict(xp, return_std=True)
-            gp = GaussianProcessRegressor(
-                kernel=gp.kernel_, alpha=self._alpha, normalize_y=True, optimizer=None
-            )
+            gp = GaussianProcessRegressor(kernel=gp.kernel_, alpha=self._alpha, normalize_y=True, optimizer=None)
             gp.fit(np.vstack([x, xp]), np.concatenate([y, mu + sd]))
 
-        def lcb(u: np.ndarray) -> np.ndarray:
+        def score(u: np.ndarray) -> np.ndarray:
             mu, sd = gp.predict(u, return_std=True)
-            return mu - self._beta * sd
+            if self._acquisition_name == "ucb":
+                return mu - self._beta * sd
+            return -log_expected_improvement(mu, sd, best)
 
         units = space.encode(keys)
-        scores = lcb(units)
+        scores = score(units)
         if exhaustive:
             return keys, scores
 
         def fun(u: np.ndarray) -> tuple[float, np.ndarray]:
             h = 1e-5  # forward differences in one batched predict instead of d + 1 calls
-            a = lcb(np.vstack([u, u + h * np.eye(len(u))]))
+            a = score(np.vstack([u, u + h * np.eye(len(u))]))
             return float(a[0]), (a[1:] - a[0]) / h
 
         starts = units[np.argsort(scores)[:_N_REFINE]]
+        if self._acquisition_name == "ei":  # and from the best point seen, as GPSampler
+            starts = np.vstack([starts, x[np.argmin(y)]])
         found = np.array(
             [minimize(fun, s, jac=True, bounds=[(0.0, 1.0)] * len(s), method="L-BFGS-B").x for s in starts]
         )
         refined = space.decode(found)  # snap to the grid, score where the point really lies
-        return np.vstack([keys, refined]), np.concatenate([scores, lcb(space.encode(refined))])
+        return np.vstack([keys, refined]), np.concatenate([scores, score(space.encode(refined))])

@@ -212,3 +212,54 @@ def test_two_agents_share_a_postgres_study_through_a_server_restart(workdir, pos
     assert [t.state for t in trials].count(TrialState.COMPLETE) == 12, (failed, outputs)
     assert not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
     assert len({t.user_attrs["pid"] for t in trials}) >= 2, "both agents' runners ran trials"
+
+
+def test_standby_runners_take_the_next_study_and_each_recycle_without_an_import(workdir):
+    first, second = _submit(workdir, "first", 2, epochs=1), _submit(workdir, "second", 2, epochs=1)
+    # --recycle-after 1: every trial needs a new runner process; one slot serves both studies.
+    agent = _spawn(["agent", "--gpus", "none", "--once", "--recycle-after", "1", "--storage", "sqlite:///t.db"],
+                   workdir)
+    out, _ = agent.communicate(timeout=300)
+    assert agent.returncode == 0, out
+    trials = first.get_trials() + second.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, out
+    assert len({t.user_attrs["pid"] for t in trials}) == 4
+    started = [line for line in out.splitlines() if "runner pid" in line and "on study" in line]
+    # The first runner starts cold; each later one is the standby started while its predecessor ran
+    # (only once that one had imported Keras), and the agent started a new standby behind it.
+    assert len(started) == 4 and "standby" not in started[0], out
+    assert all("(its standby runner, started in advance)" in line for line in started[1:]), out
+    standby_pids = [int(line.split("standby runner pid ")[1].split()[0]) for line in out.splitlines()
+                    if line.endswith("started") and "standby runner pid" in line]
+    runner_pids = [int(line.split("runner pid ")[1].split()[0]) for line in started]
+    assert runner_pids[1:] == standby_pids[:3], out
+    assert sorted(t.user_attrs["pid"] for t in trials) == sorted(runner_pids)
+    # The standby left when the agent exited: no process of this agent lives on.
+    time.sleep(0.5)
+    for pid in standby_pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_standby_runner_protocol_and_onednn_reimport(workdir):
+    """A standby runner says ready before it reads its study; EOF means "not needed"; a study
+    whose speed.onednn differs from the import's setting runs in a re-executed process."""
+    env = {**ENV, "TUNER_SERVICE_STORAGE": f"sqlite:///{workdir / 't.db'}"}
+    cmd = [sys.executable, "-m", "tuner_service.worker", "--standby", "--slot", "cpu/0", "--threads", "1"]
+    idle = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert idle.stdout.readline() == "ready\n"
+    out, err = idle.communicate("", timeout=60)  # EOF: nothing to do
+    assert idle.returncode == 0 and out == "" and err == ""
+
+    study_file = write_study(workdir, "onednn", speed={"onednn": True}, budget={"max_trials": 1, "max_epochs": 1})
+    assert cli("submit", study_file, "--storage", "sqlite:///t.db", "--no-wait", cwd=workdir).returncode == 0
+    runner = subprocess.Popen(cmd, cwd=workdir, env={**env, "TF_ENABLE_ONEDNN_OPTS": "0"}, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert runner.stdout.readline() == "ready\n"
+    out, err = runner.communicate('{"study": "onednn", "index": 7}\n', timeout=120)
+    assert runner.returncode == 0, err
+    assert "cannot apply" not in out + err  # apply_speed's warning had TensorFlow kept onednn off
+    (trial,) = optuna.load_study(study_name="onednn", storage=f"sqlite:///{workdir / 't.db'}").get_trials()
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["pid"] == runner.pid  # re-executed in place
+    assert trial.user_attrs["worker"] == 7

@@ -11,6 +11,14 @@ whichever study should have it next:
 - highest ``priority`` first, then FIFO by submission;
 - among studies of equal priority, the one with the fewest runners now (fair share).
 
+Each slot also keeps a *standby* runner (``--standby``, default on): a runner process started
+in advance that has imported Keras and waits for its study (:mod:`tuner_service.worker`). When
+the slot's runner exits (its study is done, or it recycled), the standby runner takes the next
+study at once and a new standby is started behind it, so a study switch or a recycle does not
+wait for TensorFlow's import. Standby runners are started one at a time, and only while no
+other runner of this agent is still importing, so they never compete with a runner's own
+start; the agent knows a runner has imported when it says ``ready`` on its stdout pipe.
+
 A runner exits as soon as its study has nothing claimable (no WAITING trial, no budget slot),
 even while other trials of that study still run elsewhere: the slot goes to the next study at
 once. The agent checks every study's heartbeats (also of studies with no budget left, whose
@@ -37,8 +45,10 @@ same way this agent keeps runner processes busy on one machine.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -70,6 +80,7 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 POLL_SECONDS = float(os.environ.get("TUNER_SERVICE_AGENT_POLL", "1.0"))
+STANDBY_RETRY_SECONDS = 60.0  # after a standby runner dies before it is used, wait this long for the next
 
 
 @dataclass
@@ -83,6 +94,9 @@ class Slot:
     study: str | None = None
     started: float = 0.0
     draining: bool = False
+    standby: subprocess.Popen[bytes] | None = None  # started in advance, waiting for its study
+    standby_log: Any = None
+    standby_failed_at: float = 0.0
 
 
 @dataclass
@@ -127,13 +141,15 @@ def make_slots(gpus: list[str], trials_per_gpu: int, cpu_slots: int | None) -> l
 class Agent(RegistryMember):
     def __init__(self, storage_url: str | None, slots: list[Slot], *, studies: list[str] | None = None,
                  max_trials_per_runner: int = 50, memory_limit_mb: int | None = None,
-                 console: Console | None = None) -> None:
+                 console: Console | None = None, standby: bool = True) -> None:
         self.url = resolve_url(storage_url)
         self.storage = with_storage_retry(open_storage, self.url, create=False, what="opening the storage")
         self.slots = slots
         self.only = set(studies or [])
         self.max_trials_per_runner = max_trials_per_runner
         self.memory_limit_mb = memory_limit_mb
+        self.standby = standby
+        self._imported: set[int] = set()  # pids of runner processes that said "ready"
         self.console = console
         self.state = AgentState()
         self._stopping = False
@@ -165,22 +181,107 @@ class Agent(RegistryMember):
         return runner_env({**os.environ, "TUNER_SERVICE_STORAGE": self.url},
                           cuda_visible_devices=slot.cuda_visible_devices, memory_mb=slot.memory_mb, sharing=sharing)
 
-    def start_runner(self, slot: Slot, study: str) -> None:
-        env = self._slot_env(slot)
-        # A distinct sampler stream per runner, on every machine and after every recycle.
-        self.state.runners_started += 1
-        index = zlib.crc32(f"{self.host}/{slot.label}/{os.getpid()}/{self.state.runners_started}".encode()) % 1_000_003
-        cmd = [sys.executable, "-m", "tuner_service.worker", study, "--slot", slot.label, "--index", str(index),
+    def _spawn(self, slot: Slot) -> tuple[subprocess.Popen[bytes], Any]:
+        """A runner process for ``slot`` in standby mode (it imports Keras, says ``ready`` on its
+        stdout pipe, then reads its study from stdin; see :mod:`tuner_service.worker`)."""
+        cmd = [sys.executable, "-m", "tuner_service.worker", "--standby", "--slot", slot.label,
                "--max-trials", str(self.max_trials_per_runner)]
         if self.memory_limit_mb:
             cmd += ["--memory-limit-mb", str(self.memory_limit_mb)]
         if not slot.cuda_visible_devices:
             cmd += ["--threads", str(max(1, (os.cpu_count() or 1) // len(self.slots)))]
         # Output goes to a file, not a pipe: a chatty runner must never block on a full pipe.
-        slot.log = tempfile.TemporaryFile()
-        slot.runner = subprocess.Popen(cmd, env=env, stdout=slot.log, stderr=subprocess.STDOUT)
+        log = tempfile.TemporaryFile()
+        proc = subprocess.Popen(cmd, env=self._slot_env(slot), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=log)
+        return proc, log
+
+    def _has_imported(self, proc: subprocess.Popen[bytes]) -> bool:
+        """Whether ``proc`` is past its imports (it said ``ready``, or it exited). A retrain (no
+        pipe) counts as imported: it is a long job, not a start to keep clear of."""
+        if proc.pid in self._imported or proc.stdout is None or proc.stdout.closed:
+            return True
+        if select.select([proc.stdout], [], [], 0)[0]:
+            proc.stdout.readline()  # "ready", or b"" when it exited first
+            proc.stdout.close()
+            self._imported.add(proc.pid)
+            return True
+        return False
+
+    def start_runner(self, slot: Slot, study: str) -> None:
+        # A distinct sampler stream per runner, on every machine and after every recycle.
+        self.state.runners_started += 1
+        index = zlib.crc32(f"{self.host}/{slot.label}/{os.getpid()}/{self.state.runners_started}".encode()) % 1_000_003
+        proc, slot.standby = slot.standby, None
+        waited = proc is not None and proc.poll() is None
+        if waited:
+            log, slot.standby_log = slot.standby_log, None
+        else:
+            self._discard_standby(slot, proc)
+            proc, log = self._spawn(slot)
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(json.dumps({"study": study, "index": index}).encode() + b"\n")
+            proc.stdin.close()
+        except BrokenPipeError:  # it died just now: reaped as any runner that exits
+            pass
+        slot.runner, slot.log = proc, log
         slot.study, slot.started = study, time.time()
-        self._say(f"slot {slot.label}: runner pid {slot.runner.pid} on study {study!r}")
+        self._say(f"slot {slot.label}: runner pid {proc.pid} on study {study!r}"
+                  + (" (its standby runner, started in advance)" if waited else ""))
+
+    def _discard_standby(self, slot: Slot, proc: subprocess.Popen[bytes] | None) -> None:
+        """Forget a standby runner that died before it was given a study (say why, once)."""
+        if proc is None:
+            return
+        output = ""
+        if slot.standby_log is not None:
+            slot.standby_log.seek(0)
+            output = slot.standby_log.read().decode(errors="replace").strip()
+            slot.standby_log.close()
+            slot.standby_log = None
+        slot.standby_failed_at = time.time()
+        self._imported.discard(proc.pid)
+        last = output.splitlines()[-1] if output else f"exit {proc.returncode}"
+        self._say(f"slot {slot.label}: standby runner pid {proc.pid} exited before it had a study: "
+                  f"{mask_password(last)}")
+
+    def top_up_standby(self) -> None:
+        """Start one standby runner for the first slot without one, unless a runner of this agent
+        is still importing (they would compete for the same cores) or one failed recently."""
+        if not self.standby:
+            return
+        procs = [p for s in self.slots for p in (s.runner, s.standby) if p is not None]
+        if not all(self._has_imported(p) for p in procs):
+            return
+        now = time.time()
+        for slot in self.slots:
+            if slot.standby is not None and slot.standby.poll() is not None:
+                proc, slot.standby = slot.standby, None
+                self._discard_standby(slot, proc)
+            if slot.standby is None and now - slot.standby_failed_at > STANDBY_RETRY_SECONDS:
+                slot.standby, slot.standby_log = self._spawn(slot)
+                self._say(f"slot {slot.label}: standby runner pid {slot.standby.pid} started")
+                return
+
+    def stop_standby(self) -> None:
+        """End every standby runner (they hold no trial): SIGTERM, and wait."""
+        for slot in self.slots:
+            proc, slot.standby = slot.standby, None
+            if proc is None:
+                continue
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            for f in (proc.stdin, proc.stdout, slot.standby_log):
+                if f is not None and not f.closed:
+                    f.close()
+            slot.standby_log = None
+            self._imported.discard(proc.pid)
 
     def pending_retrains(self) -> list[tuple[int, str, dict[str, Any]]]:
         """Requests waiting for a slot: pending ones, and running ones whose agent stopped
@@ -247,6 +348,9 @@ class Agent(RegistryMember):
         proc = slot.runner
         assert proc is not None
         code = proc.returncode
+        self._imported.discard(proc.pid)
+        if proc.stdout is not None and not proc.stdout.closed:
+            proc.stdout.close()
         output = ""
         if slot.log is not None:
             slot.log.seek(0)
@@ -281,6 +385,25 @@ class Agent(RegistryMember):
 
         old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
         old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, drain)
+        # A runner's exit (SIGCHLD) or a stop request wakes the loop at once instead of at the next
+        # poll: the slot's next runner starts within the second. Interrupted system calls restart.
+        old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.siginterrupt(signal.SIGCHLD, False)
+        wake_r, wake_w = os.pipe()
+        for fd in (wake_r, wake_w):
+            os.set_blocking(fd, False)
+        old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+
+        def idle() -> None:
+            # ... and so does a runner saying "ready" (the next standby may start).
+            ready = [p.stdout for s in self.slots for p in (s.runner, s.standby)
+                     if p is not None and p.stdout is not None and not p.stdout.closed]
+            select.select([wake_r, *ready], [], [], POLL_SECONDS)
+            try:
+                os.read(wake_r, 4096)
+            except BlockingIOError:
+                pass
+
         self._say(f"agent on {self.host}: {len(self.slots)} slot(s) "
                   f"[{', '.join(s.label for s in self.slots)}], storage {mask_password(self.url)}")
         try:
@@ -291,9 +414,10 @@ class Agent(RegistryMember):
                 # A database outage pauses scheduling (runners wait on their own); it is not fatal.
                 self._beat_registry()
                 if self._draining:
+                    self.stop_standby()
                     if self._drain_runners():
                         break
-                    time.sleep(POLL_SECONDS)
+                    idle()
                     continue
                 with_storage_retry(self.beat_retrains, what="refreshing retrain requests")
                 retrains = with_storage_retry(self.pending_retrains, what="listing retrain requests")
@@ -310,10 +434,15 @@ class Agent(RegistryMember):
                             self.start_runner(slot, study)
                 if once and not active and not retrains and all(s.runner is None for s in self.slots):
                     break
-                time.sleep(POLL_SECONDS)
+                if not self._stopping:
+                    self.top_up_standby()
+                idle()
         finally:
             self.shutdown()
             self._leave_registry()
+            signal.set_wakeup_fd(old_wakeup)
+            os.close(wake_r)
+            os.close(wake_w)
             for s, h in old.items():
                 signal.signal(s, h)
 
@@ -332,6 +461,7 @@ class Agent(RegistryMember):
         return False
 
     def shutdown(self, grace: float = 30.0) -> None:
+        self.stop_standby()
         running = [s for s in self.slots if s.runner is not None and s.runner.poll() is None]
         for s in running:
             s.runner.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
@@ -354,10 +484,12 @@ class Agent(RegistryMember):
 
 
 def run_agent(storage_url: str | None, *, gpus: str, trials_per_gpu: int, slots: int | None, studies: list[str],
-              max_trials_per_runner: int, memory_limit_mb: int | None, once: bool, console: Console | None) -> None:
+              max_trials_per_runner: int, memory_limit_mb: int | None, once: bool, console: Console | None,
+              standby: bool = True) -> None:
     ids = detect_gpus(gpus)
     if slots is not None and ids:
         raise BadInput("--slots is for CPU slots; use it with --gpus none (GPU slots come from --trials-per-gpu)")
     agent = Agent(storage_url, make_slots(ids, trials_per_gpu, slots), studies=studies,
-                  max_trials_per_runner=max_trials_per_runner, memory_limit_mb=memory_limit_mb, console=console)
+                  max_trials_per_runner=max_trials_per_runner, memory_limit_mb=memory_limit_mb, console=console,
+                  standby=standby)
     agent.run(once=once)

@@ -469,6 +469,9 @@ def agent(
     max_trials_per_runner: int = typer.Option(50, "--recycle-after", min=1, help="Restart a runner after N trials."),
     memory_limit_mb: Optional[int] = typer.Option(None, "--runner-memory-mb", help="Restart a runner above this RSS."),
     once: bool = typer.Option(False, "--once", help="Exit when no study has budget left (default: keep waiting)."),
+    standby: bool = typer.Option(True, "--standby/--no-standby",
+                                 help="Keep one runner per slot started in advance (Keras imported), so a study "
+                                      "switch or a recycled runner starts its next trial without the import."),
     drain: bool = typer.Option(False, "--drain", help="Ask the running agents on this machine to finish their "
                                                       "trials, take no new ones and exit (or send them SIGUSR1)."),
     drain_all: bool = typer.Option(False, "--drain-all", help="The same for the agents on every machine."),
@@ -501,7 +504,7 @@ def agent(
             raise typer.BadParameter("--cpus-per-trial is for --ray; this machine's CPU slots: --gpus none --slots N")
         run_agent(storage, gpus=gpus, trials_per_gpu=trials_per_gpu, slots=slots, studies=studies,
                   max_trials_per_runner=max_trials_per_runner, memory_limit_mb=memory_limit_mb, once=once,
-                  console=console)
+                  console=console, standby=standby)
         return
     from tuner_service.ray_executor import run_ray_agent
 

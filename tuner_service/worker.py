@@ -5,6 +5,15 @@ process that can reach the storage can run one (``tuner-service worker NAME``); 
 --workers N`` starts N of them; an agent starts one per slot (``--slot``), which exits as soon
 as its study has nothing claimable so the agent can give the slot to another study.
 
+An agent starts its runners with ``--standby``: the process imports Keras (TensorFlow with it,
+the seconds a start costs), says ``ready`` on its stdout (a pipe the agent watches), points its
+stdout at its log, and only then reads its study and sampler index as one JSON line from
+stdin. The agent either writes that line at once (a cold start) or keeps the process waiting
+as the slot's *standby* runner, so the slot's next study, or the replacement of a recycled
+runner, starts without the import. A standby runner whose study sets ``speed.onednn`` unlike
+the environment it imported TensorFlow in re-executes itself (same pid) with the setting, since
+TensorFlow reads it only at import. EOF on stdin before the line: exit 0.
+
 Before it claims anything the worker checks that it can serve the study here, and refuses
 (exit 5) a study created by the keras-tuner API, one whose stored spec does not validate on
 this machine (a file it names is missing), or one whose model source differs from the
@@ -17,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import zlib
@@ -195,6 +205,37 @@ def _warm_runner(study_name: str, storage_url: str | None, options: WorkerOption
     return None
 
 
+def _standby(threads: int | None) -> tuple[str, int] | None:
+    """``--standby``: import what every trial needs, say ``ready``, then wait for the study
+    (module doc). None on EOF: the agent no longer needs this process."""
+    import json
+
+    from tuner_service.runners._env import configure_threads
+
+    configure_threads(threads)
+    import keras  # noqa: F401  (TensorFlow, or the configured backend, with it)
+
+    import tuner_service.lifecycle  # noqa: F401
+    import tuner_service.runners.keras  # noqa: F401
+
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # from now on stdout is the runner's log, as stderr
+    line = sys.stdin.readline()
+    if not line.strip():
+        return None
+    job = json.loads(line)
+    return str(job["study"]), int(job["index"])
+
+
+def _reimport_for(spec: Any) -> bool:
+    """True if TensorFlow was imported with a ``TF_ENABLE_ONEDNN_OPTS`` the study's ``speed.onednn``
+    overrides (the variable is read only at import)."""
+    onednn = spec.speed.onednn
+    return onednn is not None and "tensorflow" in sys.modules and \
+        os.environ.get("TF_ENABLE_ONEDNN_OPTS") != ("1" if onednn else "0")
+
+
 #: Exit codes of a worker process, read by the agent and ``submit --workers``.
 EXIT_OK, EXIT_BAD_INPUT, EXIT_ABORTED, EXIT_OUTAGE, EXIT_REFUSED = 0, 2, 3, 4, 5
 
@@ -209,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     process_defaults()  # our own process: TensorFlow's settings before it is imported
     quiet_optuna()
     p = argparse.ArgumentParser(prog="tuner_service.worker")
-    p.add_argument("study")
+    p.add_argument("study", nargs="?")
     p.add_argument("--storage")
     p.add_argument("--index", type=int)
     p.add_argument("--threads", type=int)
@@ -217,14 +258,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slot")
     p.add_argument("--memory-limit-mb", type=int)
     p.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)  # started by submit before the study exists
+    p.add_argument("--standby", action="store_true", help=argparse.SUPPRESS)  # started by an agent: see _standby
     args = p.parse_args(argv)
+    if args.study is None and not args.standby:
+        p.error("the study name is required")
     try:
+        if args.standby:
+            job = _standby(args.threads)
+            if job is None:
+                return EXIT_OK
+            args.study, args.index = job
         options = WorkerOptions(index=args.index, threads=args.threads, max_trials=args.max_trials, slot=args.slot,
                                 memory_limit_mb=args.memory_limit_mb)
         runner = _warm_runner(args.study, args.storage, options) if args.warm else None
         if args.warm and runner is None:
             return EXIT_OK  # the submission never registered its study (its model check failed)
         worker = Worker(args.study, args.storage, options, runner=runner)
+        if args.standby and _reimport_for(worker.spec):
+            os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if worker.spec.speed.onednn else "0"
+            cold = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--standby"]
+            sys.stdout.flush()
+            os.execv(sys.executable, [sys.executable, "-m", "tuner_service.worker", args.study, "--index",
+                                      str(args.index), *cold])
         worker.install_signal_handlers()
         worker.run()
     except (StorageOutage, StorageUnavailable) as exc:  # not the study's fault: try again later

@@ -21,7 +21,8 @@ def _fake_nvidia_smi(directory):
     bin_dir = directory / "bin"
     bin_dir.mkdir()
     script = bin_dir / "nvidia-smi"
-    script.write_text('#!/bin/sh\ncase "$*" in *memory.total*) echo 16000;; *) printf "0\\n1\\n";; esac\n')
+    script.write_text('#!/bin/sh\ncase "$*" in *utilization.gpu*) printf "0, 40, 1200\\n1, 60, 2400\\n";; '
+                      '*memory.total*) echo 16000;; *) printf "0\\n1\\n";; esac\n')
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return bin_dir
 
@@ -72,6 +73,14 @@ def test_agent_runs_four_trials_at_once_on_two_fake_gpus(workdir):
     # All four ran at the same time: their running intervals overlap.
     assert max(t.datetime_start for t in trials) < min(t.datetime_complete for t in trials)
     assert len({t.user_attrs["pid"] for t in trials}) == 4
+    # GPU busy time: nvidia-smi (faked: GPU 0 40%, GPU 1 60% busy) sampled every 5 s while the
+    # study's runners were on both GPUs, written to the study and shown by `status`.
+    (busy,) = [v for k, v in study.user_attrs.items() if k.startswith("gpu_busy:")]
+    assert busy["busy_pct"] == 50 and busy["gpus"] == "0,1" and busy["memory_used_mb_max"] == 2400, busy
+    assert busy["samples"] >= 2 and busy["busy_gpu_s"] == busy["samples"] * 0.5 * 5
+    status = cli("status", "gpu", "--storage", "sqlite:///t.db", cwd=workdir)
+    line = next(x for x in status.stdout.splitlines() if x.startswith("gpu_busy:"))
+    assert line.split(None, 1)[1].startswith("50% on ") and "(GPU 0,1, " in line, status.stdout
 
 
 def test_agent_refuses_a_study_whose_code_changed(workdir):

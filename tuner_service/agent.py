@@ -30,6 +30,12 @@ arrow, without waiting for the heartbeat grace that covers a lost machine), then
 runner. On SIGINT/SIGTERM the agent asks every runner to stop; runners hand their running
 trials back (re-queued) and exit.
 
+GPU busy time per study: every ``TUNER_SERVICE_GPU_SAMPLE`` seconds (default 5) the agent reads
+nvidia-smi's utilisation of each GPU its runners use and credits it to every study with a runner
+on that GPU (a GPU shared by two studies' runners counts for both); the totals go to the study's
+user attr ``gpu_busy:<host>`` every 30 s and when the agent stops, and ``tuner-service status``
+shows them.
+
 A study this machine cannot serve (its model source differs, a file its spec names is
 missing here, it belongs to the keras-tuner API) is *refused*: logged once with the study's
 name and the reason, recorded in the study (``tuner-service status`` shows it), left alone,
@@ -70,6 +76,7 @@ from tuner_service.scheduling import (  # noqa: F401  (REFUSAL_RECHECK_SECONDS, 
     ActiveStudy,
     Scheduler,
     count_by,
+    gpu_activity,
     gpu_memory_mb,
     runner_env,
 )
@@ -80,6 +87,8 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 POLL_SECONDS = float(os.environ.get("TUNER_SERVICE_AGENT_POLL", "1.0"))
+GPU_SAMPLE_SECONDS = float(os.environ.get("TUNER_SERVICE_GPU_SAMPLE", "5"))
+GPU_WRITE_SECONDS = 30.0
 STANDBY_RETRY_SECONDS = 60.0  # after a standby runner dies before it is used, wait this long for the next
 
 
@@ -102,6 +111,60 @@ class Slot:
 @dataclass
 class AgentState:
     runners_started: int = 0
+
+
+class GpuBusy:
+    """GPU busy time per study on this machine (module doc): sampled, credited, written."""
+
+    def __init__(self, host: str) -> None:
+        self.key = A.GPU_BUSY_PREFIX + host
+        self.own: dict[str, dict[str, Any]] = {}  # study -> totals since this agent started
+        self.before: dict[str, dict[str, Any]] = {}  # study -> what earlier agents on this host wrote
+        self.sampled_at = self.written_at = time.monotonic()
+
+    def tick(self, slots: list[Slot], storage: Any) -> None:
+        now = time.monotonic()
+        if now - self.sampled_at >= GPU_SAMPLE_SECONDS:
+            self.sampled_at = now
+            self.sample(slots)
+        if now - self.written_at >= GPU_WRITE_SECONDS:
+            self.write(storage)
+
+    def sample(self, slots: list[Slot]) -> None:
+        on_gpu: dict[str, set[str]] = {}
+        for slot in slots:
+            if slot.runner is not None and slot.study and slot.cuda_visible_devices and slot.retrain is None:
+                on_gpu.setdefault(slot.cuda_visible_devices, set()).add(slot.study)
+        activity = gpu_activity() if on_gpu else {}
+        for gpu, studies in on_gpu.items():
+            if gpu not in activity:
+                continue
+            busy, memory = activity[gpu]
+            for study in studies:
+                t = self.own.setdefault(study, {"samples": 0, "busy_sum": 0.0, "memory_mb_max": 0.0, "gpus": set()})
+                t["samples"] += 1
+                t["busy_sum"] += busy
+                t["memory_mb_max"] = max(t["memory_mb_max"], memory)
+                t["gpus"].add(gpu)
+
+    def write(self, storage: Any) -> None:
+        """Each study's totals (earlier agents' on this host included) into its user attr."""
+        self.written_at = time.monotonic()
+        for study, t in self.own.items():
+            try:
+                sid = storage.get_study_id_from_name(study)
+            except KeyError:  # deleted meanwhile
+                continue
+            if study not in self.before:
+                self.before[study] = storage.get_study_user_attrs(sid).get(self.key) or {}
+            b = self.before[study]
+            samples = b.get("samples", 0) + t["samples"]
+            busy_sum = b.get("busy_pct", 0.0) * b.get("samples", 0) + t["busy_sum"]
+            storage.set_study_user_attr(sid, self.key, {
+                "busy_pct": round(busy_sum / samples, 1), "samples": samples, "every_s": GPU_SAMPLE_SECONDS,
+                "busy_gpu_s": round(b.get("busy_gpu_s", 0.0) + t["busy_sum"] / 100 * GPU_SAMPLE_SECONDS, 1),
+                "memory_used_mb_max": max(b.get("memory_used_mb_max", 0), t["memory_mb_max"]),
+                "gpus": ",".join(sorted(set(str(b.get("gpus", "")).split(",")) - {""} | t["gpus"]))})
 
 
 def detect_gpus(spec: str) -> list[str]:
@@ -156,6 +219,7 @@ class Agent(RegistryMember):
         self._draining = False
         self.host = socket.gethostname()
         self.membership = Membership(self.storage, self.host, len(self.slots))
+        self.gpu_busy = GpuBusy(self.host)
         self.scheduler = Scheduler(self.storage, only=self.only, host=self.host, say=self._say)
 
     # ------------------------------------------------------------------ scheduling (tuner_service.scheduling)
@@ -436,6 +500,7 @@ class Agent(RegistryMember):
                     break
                 if not self._stopping:
                     self.top_up_standby()
+                with_storage_retry(self.gpu_busy.tick, self.slots, self.storage, what="recording GPU busy time")
                 idle()
         finally:
             self.shutdown()
@@ -475,6 +540,10 @@ class Agent(RegistryMember):
         for s in self.slots:
             if s.runner is not None:
                 self.reap(s)
+        try:  # best effort: a stopping agent does not wait out a database outage for it
+            self.gpu_busy.write(self.storage)
+        except Exception as exc:
+            _log.warning("GPU busy time not recorded: %s", mask_password(str(exc)))
         self._say("agent stopped")
 
     def _say(self, text: str) -> None:

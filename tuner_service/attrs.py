@@ -22,6 +22,7 @@ RESUMED_AT = "resumed_at"
 DATA = "data"  # source, hash, task and split sizes
 RETRAIN = "retrain"  # the last retrain's test metrics and model path
 KERAS_TUNER = "keras_tuner"  # a study created by tuner_service.keras_tuner
+GPU_BUSY_PREFIX = "gpu_busy:"  # + host: nvidia-smi's utilisation of the GPUs the study's runners used there
 
 # ---------------------------------------------------------------------------- trial user attrs
 # Written with the claim: who runs the trial, where.

@@ -163,6 +163,13 @@ def status(name: str, storage_url: str | None = None) -> dict[str, Any]:
     if s.agents:  # the machines serving it now
         info["agents"] = [f"{a['host']} (pid {a['pid']}, {a['slots']} slot(s), seen {_ago(a['last_seen'])})"
                           for a in s.agents]
+    busy = {k.removeprefix(A.GPU_BUSY_PREFIX): v for k, v in s.user_attrs.items()
+            if k.startswith(A.GPU_BUSY_PREFIX) and isinstance(v, dict)}
+    if busy:  # nvidia-smi's utilisation of the GPUs its runners used, sampled by the agents
+        info["gpu_busy"] = "; ".join(
+            f"{v['busy_pct']:g}% on {host} (GPU {v['gpus']}, {v['busy_gpu_s']:g} GPU-s busy in {v['samples']} "
+            f"samples every {v['every_s']:g} s, at most {v['memory_used_mb_max']:g} MB used)"
+            for host, v in sorted(busy.items()))
     retrain = s.user_attrs.get("retrain")
     if retrain:
         info["retrained_test_metrics"] = retrain.get("test_metrics")

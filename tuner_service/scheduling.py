@@ -217,6 +217,27 @@ def gpu_memory_mb(gpu: str) -> int | None:
         return None
 
 
+def gpu_activity() -> dict[str, tuple[float, float]]:
+    """``{index: (utilisation %, memory used MB)}`` of every GPU nvidia-smi lists (its
+    utilisation: the share of the last sample period in which a kernel ran); ``{}`` without it."""
+    if shutil.which("nvidia-smi") is None:
+        return {}
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10,
+                             check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return {}
+    found = {}
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        try:
+            found[parts[0]] = (float(parts[1]), float(parts[2]))
+        except (IndexError, ValueError):  # "[N/A]" on some GPUs
+            continue
+    return found
+
+
 def runner_env(base: Mapping[str, str], *, cuda_visible_devices: str, memory_mb: int | None = None,
                sharing: int = 1) -> dict[str, str]:
     """Pinning and memory settings for a runner, set before it imports Keras: ``base`` (the

@@ -15,8 +15,8 @@ each sampler treats those pending trials is what parallel search tests:
 
 - ``bayesian`` (``tuners.make`` for tuner ``bayesian``, its default ``acquisition: ei``:
   ``tuner_service.tuners.bayesian.BayesianSampler``): ``scale * Matern 5/2`` GP with one length
-  scale per parameter and a fitted noise level (scikit-learn; each fit warm-started from the
-  sampler's previous one, one random restart), log expected improvement over 2000 random
+  scale per parameter and a fitted noise level (scikit-learn; each fit starts from the
+  sampler's previous optimum, without random restarts after the first fit), log expected improvement over 2000 random
   candidates + L-BFGS-B refinements from the best 5 and the best trial; random for the first
   ``3 x dimensions`` completed trials. RUNNING trials with a point (their params, or the
   proposal they claimed in system attributes) enter the GP as fantasies at the pessimistic

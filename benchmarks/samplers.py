@@ -16,7 +16,7 @@ each sampler treats those pending trials is what parallel search tests:
 - ``bayesian`` (``tuners.make`` for tuner ``bayesian``, its default ``acquisition: ei``:
   ``tuner_service.tuners.bayesian.BayesianSampler``): ``scale * Matern 5/2`` GP with one length
   scale per parameter and a fitted noise level (scikit-learn; each fit starts from the
-  sampler's previous optimum, without random restarts after the first fit), log expected improvement over 2000 random
+  sampler's previous optimum plus one random restart; past 50 trials only once the data grew by 10%), log expected improvement over 2000 random
   candidates + L-BFGS-B refinements from the best 5 and the best trial; random for the first
   ``3 x dimensions`` completed trials. RUNNING trials with a point (their params, or the
   proposal they claimed in system attributes) enter the GP as fantasies at the pessimistic

@@ -15,17 +15,18 @@ each sampler treats those pending trials is what parallel search tests:
 
 - ``bayesian`` (``tuners.make`` for tuner ``bayesian``, its default ``acquisition: ei``:
   ``tuner_service.tuners.bayesian.BayesianSampler``): ``scale * Matern 5/2`` GP with one length
-  scale per parameter and a fitted noise level (scikit-learn; each fit starts from the
-  sampler's previous optimum plus one random restart; past 50 trials only once the data grew by 10%), log expected improvement over 2000 random
-  candidates + L-BFGS-B refinements from the best 5 and the best trial; random for the first
-  ``3 x dimensions`` completed trials. RUNNING trials with a point (their params, or the
-  proposal they claimed in system attributes) enter the GP as fantasies at the pessimistic
-  ``mean + std`` (keras-tuner's rule; the kernel stays as fitted on completed trials), and no
-  point any trial holds or claims is proposed again.
+  scale per parameter (at most 2 on the [0, 1] scale) and a fitted noise level (scikit-learn;
+  each fit starts from the sampler's previous optimum plus one random restart; past 50 trials
+  only once the data grew by 10%), log expected improvement over 2000 random candidates +
+  L-BFGS-B refinements from the best 5 and the best trial; random for the first 10 completed
+  trials. RUNNING trials with a point (their params, or the proposal they claimed in system
+  attributes) enter the GP as fantasies at the pessimistic ``mean + std`` (keras-tuner's rule;
+  the kernel stays as fitted on completed trials), and no point any trial holds or claims is
+  proposed again.
 - ``bayesian_ucb`` (tuner ``bayesian`` with ``acquisition: ucb``, what ``kt.BayesianOptimization``
   runs, and what ``bayesian`` was until 2026-12-06): keras-tuner's GP: one length scale, fixed
-  noise ``alpha``, 20 optimiser restarts, lower confidence bound ``mean - 2.6 std``; the same
-  candidates, start, fantasies and exclusion as above.
+  noise ``alpha``, 20 optimiser restarts, lower confidence bound ``mean - 2.6 std``, random for the
+  first ``3 x dimensions`` completed trials; the same candidates, fantasies and exclusion as above.
 - ``GPSampler`` (``optuna.samplers.GPSampler(seed=...)``, defaults): Matern 5/2 ARD GP fitted in
   torch (priors on length scales, scale and noise; warm-started from its previous fit), log
   expected improvement maximised from 2048 quasi-random points and the best trial by 10 batched
@@ -88,8 +89,11 @@ def torch_available() -> bool:
 def startup_trials(name: str, dims: int) -> int:
     """Completed trials before the sampler's model is used (each sampler's default)."""
     from tuner_service.tuners import BayesianOptions, TPEOptions
+    from tuner_service.tuners.bayesian import N_INITIAL_EI
 
-    if name.startswith("bayesian"):
+    if name == "bayesian":
+        return BayesianOptions().num_initial_points or N_INITIAL_EI
+    if name == "bayesian_ucb":
         return BayesianOptions().num_initial_points or max(3 * dims, 3)
     if name == "tpe":
         return TPEOptions().n_startup_trials

@@ -116,9 +116,10 @@ def test_mixed_conditional_space_stays_in_distributions() -> None:
     assert any(PROPOSAL_ATTR in t.system_attrs and t.system_attrs[PROPOSAL_ATTR] for t in trials[-5:])
 
 
-@pytest.mark.parametrize(("num_initial_points", "expected"), [(4, 4), (None, 6)])
+@pytest.mark.parametrize(("acquisition", "num_initial_points", "expected"),
+                         [("ei", 4, 4), ("ei", None, 10), ("ucb", None, 6)])
 def test_random_start_before_the_gp(
-    monkeypatch: pytest.MonkeyPatch, num_initial_points: int | None, expected: int
+    monkeypatch: pytest.MonkeyPatch, acquisition: str, num_initial_points: int | None, expected: int
 ) -> None:
     fitted: list[int] = []
     real_fit = BayesianSampler._fit_gp
@@ -128,10 +129,12 @@ def test_random_start_before_the_gp(
         return real_fit(self, x, y)
 
     monkeypatch.setattr(BayesianSampler, "_fit_gp", spy)
-    study = optuna.create_study(sampler=BayesianSampler(num_initial_points=num_initial_points, seed=0))
-    study.optimize(_branin, n_trials=10)
-    # Default as keras-tuner: 3 x 2 dimensions; the GP is first fitted on exactly that many trials.
-    assert fitted == list(range(expected, 10))
+    sampler = BayesianSampler(num_initial_points=num_initial_points, seed=0, acquisition=acquisition)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(_branin, n_trials=12)
+    # Defaults: 10 as GPSampler (ei); keras-tuner's 3 x 2 dimensions (ucb). The GP is first fitted
+    # on exactly that many trials.
+    assert fitted == list(range(expected, 12))
 
 
 def test_discrete_space_is_exhausted_before_repeating() -> None:

@@ -57,7 +57,7 @@ class NSGA2Options(_Options):
 
 
 class BayesianOptions(_Options):
-    num_initial_points: int | None = Field(None, ge=1, description="default: 3 x number of hyperparameters")
+    num_initial_points: int | None = Field(None, ge=1, description="default: 10 (ei), 3 x hyperparameters (ucb)")
     alpha: float = Field(1e-4, gt=0)
     acquisition: Literal["ei", "ucb"] = Field("ei", description="default: ucb when beta is given, else ei")
     beta: float | None = Field(None, ge=0, description="ucb's exploration weight; default 2.6 (keras-tuner's)")

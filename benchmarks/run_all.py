@@ -44,6 +44,7 @@ BENCHMARKS: list[tuple[str, list[str], int]] = [
     ("multi_objective.py", [], 900),
     ("time_to_quality.py", [], 1800),
     ("onednn.py", [], 600),
+    ("agent_standby.py", [], 900),
 ]
 DROPIN = ("kt_dropin.py", [], 600)
 

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -270,3 +271,23 @@ def test_standby_runner_protocol_and_onednn_reimport(workdir):
     (trial,) = optuna.load_study(study_name="onednn", storage=f"sqlite:///{workdir / 't.db'}").get_trials()
     assert trial.state == TrialState.COMPLETE and trial.user_attrs["pid"] == runner.pid  # re-executed in place
     assert trial.user_attrs["worker"] == 7
+
+
+def test_agent_idles_without_spinning_while_its_runner_trains(workdir):
+    """The agent sleeps between polls: a runner's "ready" line on its pipe is read, never left to
+    wake the loop again and again (with or without standby runners)."""
+    study = _submit(workdir, "idle", 1, epochs=1)
+    agent = _spawn(["agent", "--gpus", "none", "--once", "--no-standby", "--storage", "sqlite:///t.db"], workdir,
+                   {"TUNER_TEST_SLEEP": "6"})
+
+    def cpu_seconds() -> float:
+        fields = (Path("/proc") / str(agent.pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    _wait_for_running(study)  # the runner imported, said ready, and is in its trial's 6 s sleep
+    before = cpu_seconds()
+    time.sleep(3)
+    used = cpu_seconds() - before
+    out, _ = agent.communicate(timeout=120)
+    assert agent.returncode == 0, out
+    assert used < 0.5, f"the agent used {used:.2f} s of CPU in 3 s while its only runner slept"

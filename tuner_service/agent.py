@@ -459,10 +459,14 @@ class Agent(RegistryMember):
         old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
 
         def idle() -> None:
-            # ... and so does a runner saying "ready" (the next standby may start).
-            ready = [p.stdout for s in self.slots for p in (s.runner, s.standby)
+            # ... and so does a runner saying "ready" (the next standby may start). The line is
+            # read here, so a pipe never stays readable and the loop never spins on it.
+            procs = [p for s in self.slots for p in (s.runner, s.standby)
                      if p is not None and p.stdout is not None and not p.stdout.closed]
-            select.select([wake_r, *ready], [], [], POLL_SECONDS)
+            readable = select.select([wake_r, *(p.stdout for p in procs)], [], [], POLL_SECONDS)[0]
+            for p in procs:
+                if p.stdout in readable:
+                    self._has_imported(p)
             try:
                 os.read(wake_r, 4096)
             except BlockingIOError:

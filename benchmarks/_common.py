@@ -241,6 +241,15 @@ def sqlite_url(directory: Path, name: str = "bench") -> str:
     return f"sqlite:///{directory / name}.db"
 
 
+def slot_timing(done: Sequence[Any], slots: int) -> dict[str, float]:
+    """From completed trials run on ``slots`` slots: the first start (unix s), the span from
+    it to the last completion, the summed trial durations, and utilisation = busy / (slots x span)."""
+    first = min(t.datetime_start for t in done).timestamp()
+    span = max(t.datetime_complete for t in done).timestamp() - first
+    busy = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done)
+    return {"first": first, "span_s": span, "busy_s": busy, "utilisation": busy / (slots * span)}
+
+
 def fresh_url(backend: str, directory: Path, server: Any, tag: str) -> str:
     """A new empty database of ``backend`` ("sqlite" or "postgresql")."""
     if backend == "sqlite":

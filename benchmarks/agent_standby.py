@@ -53,6 +53,7 @@ from _common import (  # noqa: E402
     median,
     parser,
     scratch_dir,
+    slot_timing,
     sqlite_url,
     table,
 )
@@ -81,12 +82,10 @@ def run_agent(url: str, slots: int, extra: list[str]) -> dict[str, Any]:
         mine = sorted((t for t in done if t.user_attrs["slot"] == slot), key=lambda t: t.datetime_start)
         gaps += [(b.datetime_start - a.datetime_complete).total_seconds()
                  for a, b in zip(mine, mine[1:]) if a.user_attrs["pid"] != b.user_attrs["pid"]]
-    first = min(t.datetime_start for t in done).timestamp()
-    span = max(t.datetime_complete for t in done).timestamp() - first
-    busy = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done)
+    timing = slot_timing(done, slots)
     return {"completed": len(done), "replacements": len(gaps), "gap_median_s": median(gaps) if gaps else None,
-            "gap_max_s": max(gaps) if gaps else None, "utilisation": busy / (slots * span), "wall_s": wall,
-            "startup_s": first - t0}
+            "gap_max_s": max(gaps) if gaps else None, "utilisation": timing["utilisation"], "wall_s": wall,
+            "startup_s": timing["first"] - t0}
 
 
 def main() -> None:

@@ -51,6 +51,7 @@ from _common import (  # noqa: E402
     median,
     parser,
     scratch_dir,
+    slot_timing,
     table,
 )
 
@@ -105,14 +106,11 @@ def run_executor(kind: str, url: str, name: str, slots: int, address: str | None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trials = optuna.load_study(study_name=name, storage=url).get_trials()
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    first = min(t.datetime_start for t in done).timestamp()
-    last = max(t.datetime_complete for t in done).timestamp()
-    span = last - first
-    busy = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done)
+    timing = slot_timing(done, slots)
     return {"executor": kind, "slots": slots, "recycle": recycle, "completed": len(done), "trials": len(trials),
             "wall_s": wall,
-            "startup_s": first - t0, "span_s": span, "throughput": len(done) / span,
-            "utilisation": busy / (slots * span), "trial_s": busy / len(done)}
+            "startup_s": timing["first"] - t0, "span_s": timing["span_s"], "throughput": len(done) / timing["span_s"],
+            "utilisation": timing["utilisation"], "trial_s": timing["busy_s"] / len(done)}
 
 
 def main() -> None:

@@ -167,6 +167,16 @@ class GpuBusy:
                 "gpus": ",".join(sorted(set(str(b.get("gpus", "")).split(",")) - {""} | t["gpus"]))})
 
 
+def _read_and_close(log: Any) -> str:
+    """What a runner wrote to its log file (``""`` without one); the file is closed."""
+    if log is None:
+        return ""
+    log.seek(0)
+    text = log.read().decode(errors="replace")
+    log.close()
+    return text
+
+
 def detect_gpus(spec: str) -> list[str]:
     """GPU ids from ``--gpus`` (``all`` | ``none`` | ``0,1``), without importing a framework."""
     spec = spec.strip().lower()
@@ -298,12 +308,7 @@ class Agent(RegistryMember):
         """Forget a standby runner that died before it was given a study (say why, once)."""
         if proc is None:
             return
-        output = ""
-        if slot.standby_log is not None:
-            slot.standby_log.seek(0)
-            output = slot.standby_log.read().decode(errors="replace").strip()
-            slot.standby_log.close()
-            slot.standby_log = None
+        output, slot.standby_log = _read_and_close(slot.standby_log).strip(), None
         slot.standby_failed_at = time.time()
         self._imported.discard(proc.pid)
         last = output.splitlines()[-1] if output else f"exit {proc.returncode}"
@@ -415,12 +420,7 @@ class Agent(RegistryMember):
         self._imported.discard(proc.pid)
         if proc.stdout is not None and not proc.stdout.closed:
             proc.stdout.close()
-        output = ""
-        if slot.log is not None:
-            slot.log.seek(0)
-            output = slot.log.read().decode(errors="replace")
-            slot.log.close()
-            slot.log = None
+        output, slot.log = _read_and_close(slot.log), None
         if slot.retrain is not None:
             self._finish_retrain(slot, code, output)
             return

@@ -228,14 +228,6 @@ def _standby(threads: int | None) -> tuple[str, int] | None:
     return str(job["study"]), int(job["index"])
 
 
-def _reimport_for(spec: Any) -> bool:
-    """True if TensorFlow was imported with a ``TF_ENABLE_ONEDNN_OPTS`` the study's ``speed.onednn``
-    overrides (the variable is read only at import)."""
-    onednn = spec.speed.onednn
-    return onednn is not None and "tensorflow" in sys.modules and \
-        os.environ.get("TF_ENABLE_ONEDNN_OPTS") != ("1" if onednn else "0")
-
-
 #: Exit codes of a worker process, read by the agent and ``submit --workers``.
 EXIT_OK, EXIT_BAD_INPUT, EXIT_ABORTED, EXIT_OUTAGE, EXIT_REFUSED = 0, 2, 3, 4, 5
 
@@ -244,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m tuner_service.worker NAME [--storage URL] [--index I] [--threads T] ...``."""
     import argparse
 
-    from tuner_service.runners._env import process_defaults, quiet_optuna
+    from tuner_service.runners._env import onednn_too_late, process_defaults, quiet_optuna
     from tuner_service.storage import mask_password
 
     process_defaults()  # our own process: TensorFlow's settings before it is imported
@@ -274,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.warm and runner is None:
             return EXIT_OK  # the submission never registered its study (its model check failed)
         worker = Worker(args.study, args.storage, options, runner=runner)
-        if args.standby and _reimport_for(worker.spec):
-            os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if worker.spec.speed.onednn else "0"
+        onednn = onednn_too_late(worker.spec.speed) if args.standby else None
+        if onednn is not None:  # a standby imported TensorFlow before it knew the study: start again
+            os.environ["TF_ENABLE_ONEDNN_OPTS"] = onednn
             cold = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--standby"]
             sys.stdout.flush()
             os.execv(sys.executable, [sys.executable, "-m", "tuner_service.worker", args.study, "--index",

@@ -63,22 +63,32 @@ def quiet_tensorflow() -> None:
         tf_logger.addFilter(_NotRetracing())
 
 
-def apply_speed(speed: Any) -> None:
-    """A study's ``speed.onednn``, set before TensorFlow is imported (it reads the variable
-    once); when it already is, a different setting is reported rather than silently ignored."""
+def onednn_too_late(speed: Any) -> str | None:
+    """The ``TF_ENABLE_ONEDNN_OPTS`` value a study's ``speed.onednn`` asks for, if TensorFlow was
+    already imported with another one (it reads the variable only at import); else None."""
     import sys
 
     if speed.onednn is None:
-        return
+        return None
     wanted = "1" if speed.onednn else "0"
     if "tensorflow" in sys.modules and os.environ.get("TF_ENABLE_ONEDNN_OPTS") != wanted:
+        return wanted
+    return None
+
+
+def apply_speed(speed: Any) -> None:
+    """A study's ``speed.onednn``, set before TensorFlow is imported (it reads the variable
+    once); when it already is, a different setting is reported rather than silently ignored."""
+    if speed.onednn is None:
+        return
+    if onednn_too_late(speed) is not None:
         import logging
 
         logging.getLogger("tuner_service").warning(
             "speed.onednn=%s cannot apply: TensorFlow was imported before with TF_ENABLE_ONEDNN_OPTS=%s",
             speed.onednn, os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"))
         return
-    os.environ["TF_ENABLE_ONEDNN_OPTS"] = wanted
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if speed.onednn else "0"
 
 
 def configure_threads(threads: int | None) -> None:

@@ -56,6 +56,18 @@ class NSGA2Options(_Options):
     crossover_prob: float = Field(0.9, ge=0, le=1)
 
 
+def bayesian_acquisition(acquisition: str | None, beta: float | None) -> str:
+    """The acquisition a ``bayesian`` tuner runs: the one given, else ``ucb`` when ``beta`` is
+    given (it weighs ucb's confidence bound; studies stored before ``ei`` existed have beta 2.6 and
+    ran ucb), else ``ei``. ValueError for ``beta`` with another acquisition. Shared by the study
+    file's options and :class:`~tuner_service.tuners.bayesian.BayesianSampler`."""
+    chosen = acquisition or ("ucb" if beta is not None else "ei")
+    if beta is not None and chosen != "ucb":
+        raise ValueError("beta weighs the confidence bound of acquisition: ucb (keras-tuner's); "
+                         "set acquisition: ucb or remove beta")
+    return chosen
+
+
 class BayesianOptions(_Options):
     num_initial_points: int | None = Field(None, ge=1, description="default: 10 (ei), 3 x hyperparameters (ucb)")
     alpha: float = Field(1e-4, gt=0)
@@ -64,18 +76,15 @@ class BayesianOptions(_Options):
 
     @model_validator(mode="before")
     @classmethod
-    def _beta_means_ucb(cls, data: Any) -> Any:
-        # beta only weighs ucb's bound; studies stored before "ei" existed have beta and ran ucb
-        if isinstance(data, dict) and data.get("beta") is not None and "acquisition" not in data:
-            return {**data, "acquisition": "ucb"}
+    def _default_acquisition(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "acquisition" not in data:  # stored explicitly: what the study runs
+            return {**data, "acquisition": bayesian_acquisition(None, data.get("beta"))}
         return data
 
     @field_validator("beta")
     @classmethod
     def _beta_needs_ucb(cls, beta: float | None, info: ValidationInfo) -> float | None:
-        if beta is not None and info.data.get("acquisition") != "ucb":
-            raise ValueError("beta weighs the confidence bound of acquisition: ucb (keras-tuner's); "
-                             "set acquisition: ucb or remove beta")
+        bayesian_acquisition(info.data.get("acquisition", "invalid"), beta)
         return beta
 
 

@@ -56,6 +56,7 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Kernel, Matern, WhiteKernel
 from threadpoolctl import threadpool_limits
 
+from tuner_service.tuners import bayesian_acquisition
 from tuner_service.tuners._unique import Claims, Key, Space
 
 PROPOSAL_ATTR = "bayesian:proposal"  # trial system attr: {name: value} claimed by sample_relative
@@ -111,12 +112,9 @@ class BayesianSampler(optuna.samplers.BaseSampler):
         seed: int | None = None,
         acquisition: Literal["ei", "ucb"] | None = None,
     ) -> None:
-        if acquisition is None:
-            acquisition = "ei" if beta is None else "ucb"
-        if acquisition not in ("ei", "ucb"):
+        if acquisition not in (None, "ei", "ucb"):
             raise ValueError(f"acquisition must be 'ei' or 'ucb', got {acquisition!r}")
-        if beta is not None and acquisition != "ucb":
-            raise ValueError("beta weighs the confidence bound of acquisition='ucb'; it has no effect with 'ei'")
+        acquisition = bayesian_acquisition(acquisition, beta)  # type: ignore[assignment]
         self._num_initial_points = num_initial_points
         self._alpha = alpha
         self._beta = 2.6 if beta is None else beta
